@@ -1,0 +1,1 @@
+"""Skiff central registry: storage, domain services, HTTP API and admin CLI."""

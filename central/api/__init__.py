@@ -1,0 +1,1 @@
+"""HTTP API (aiohttp): thin handlers that parse, call one service method and render."""

@@ -1,0 +1,29 @@
+"""Typed keys of the application and request state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from central.config import CentralConfig
+from central.domain import Actor
+from central.services.aliases import AliasService
+from central.services.blobs import BlobService
+from central.services.changes import ChangeService
+from central.services.registry import RegistryService
+from central.services.search import SearchService
+from central.services.tokens import TokenService
+from central.stores.sqlite import SqliteStore
+from shared.metrics import Registry as MetricsRegistry
+
+CONFIG = web.AppKey("config", CentralConfig)
+STORE = web.AppKey("store", SqliteStore)
+REGISTRY = web.AppKey("registry", RegistryService)
+ALIASES = web.AppKey("aliases", AliasService)
+BLOBS = web.AppKey("blobs", BlobService)
+SEARCH = web.AppKey("search", SearchService)
+TOKENS = web.AppKey("tokens", TokenService)
+CHANGES = web.AppKey("changes", ChangeService)
+METRICS = web.AppKey("metrics", MetricsRegistry)
+
+ACTOR = web.RequestKey("actor", Actor)
+REQUEST_ID = web.RequestKey("request_id", str)

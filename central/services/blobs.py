@@ -1,0 +1,149 @@
+"""Blob uploads and downloads.
+
+An upload is streamed to a staging file while its SHA-256 is computed (over the
+uncompressed bytes) and it is zstd-compressed; only a body whose digest matches the
+name it was sent under is committed. CPU work on each chunk runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from central.domain import Actor, Blob
+from central.services.permissions import READ, WRITE, require
+from central.stores.blobs import LocalBlobStore
+from central.stores.sqlite import SqliteStore
+from shared.codec import BoundedDecompressor, StreamCompressor, decompress_file
+from shared.digest import Hasher, parse_digest
+from shared.errors import (
+    FormatError,
+    InvalidInputError,
+    LengthError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from shared.timeutil import format_time, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class _Ingest:
+    """Hash, compress and write one upload (blocking; called from a thread)."""
+
+    def __init__(self, out: BinaryIO, level: int, max_size: int, zstd_body: bool) -> None:
+        self._out = out
+        self._max = max_size
+        self._raw = Hasher()
+        self._z = Hasher()
+        self._compressor = StreamCompressor(level)
+        self._decompressor = BoundedDecompressor(max_size) if zstd_body else None
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            raw = chunk if self._decompressor is None else self._decompressor.decompress(chunk)
+        except LengthError as e:
+            raise PayloadTooLargeError(f"blob exceeds the upload limit of {self._max} bytes") from e
+        except FormatError as e:
+            raise InvalidInputError(f"the zstd-encoded body is not valid: {e}") from e
+        self._raw.update(raw)
+        if self._raw.nbytes > self._max:
+            raise PayloadTooLargeError(f"blob exceeds the upload limit of {self._max} bytes")
+        self._write(self._compressor.compress(raw))
+
+    def finish(self) -> tuple[str, int, str, int]:
+        if self._decompressor is not None:
+            try:
+                self._decompressor.finish()
+            except FormatError as e:
+                raise InvalidInputError(f"the zstd-encoded body is truncated: {e}") from e
+        self._write(self._compressor.flush())
+        self._out.flush()
+        return self._raw.digest, self._raw.nbytes, self._z.digest, self._z.nbytes
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._z.update(data)
+            self._out.write(data)
+
+
+class BlobService:
+    """Stores and serves content-addressed blobs."""
+
+    def __init__(
+        self, store: SqliteStore, blobs: LocalBlobStore, *, level: int, max_upload: int
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._level = level
+        self.max_upload = max_upload
+
+    async def info(self, actor: Actor, digest: str) -> Blob:
+        require(actor, READ)
+        parse_digest(digest)
+        blob = await self._store.get_blob(digest)
+        if blob is None:
+            raise NotFoundError(f"blob {digest} is not stored")
+        return blob
+
+    async def put(
+        self, actor: Actor, digest: str, body: AsyncIterator[bytes], *, zstd_body: bool = False
+    ) -> tuple[Blob, bool]:
+        """Store an upload under ``digest``; returns the record and whether it was new.
+
+        Raises:
+            InvalidInputError: the body does not hash to ``digest``.
+            PayloadTooLargeError: the body is larger than the upload limit.
+        """
+        require(actor, WRITE)
+        parse_digest(digest)
+        existing = await self._store.get_blob(digest)
+        if existing is not None and await self._blobs.exists(digest):
+            return existing, False
+        async with self._blobs.staging() as staged:
+            blob = await self._receive(digest, body, staged, zstd_body)
+            await self._blobs.commit(staged, blob)
+        async with self._store.transaction() as tx:
+            created = await tx.insert_blob(blob)
+            if created:
+                await tx.append_change("blob.stored", data={"digest": digest, "size": blob.size})
+                await tx.append_audit(
+                    actor=actor.name, role=actor.role, action="blob.put", target=digest
+                )
+        logger.info("Stored blob %s (%d bytes, %d compressed)", digest, blob.size, blob.zsize)
+        return blob, True
+
+    async def _receive(
+        self, digest: str, body: AsyncIterator[bytes], staged: Path, zstd_body: bool
+    ) -> Blob:
+        f = await asyncio.to_thread(staged.open, "wb")
+        try:
+            ingest = _Ingest(f, self._level, self.max_upload, zstd_body)
+            async for chunk in body:
+                await asyncio.to_thread(ingest.feed, chunk)
+            got, size, zdigest, zsize = await asyncio.to_thread(ingest.finish)
+        finally:
+            await asyncio.to_thread(f.close)
+        if got != digest:
+            raise InvalidInputError(f"digest mismatch: the body hashes to {got}, not {digest}")
+        return Blob(digest, size, zdigest, zsize, format_time(utcnow()))
+
+    async def open(
+        self, actor: Actor, digest: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream the stored (compressed) bytes ``[start, end)`` of a blob."""
+        require(actor, READ)
+        return self._blobs.read(digest, start, end)
+
+    async def read_raw_to(self, digest: str, dst: Path, max_size: int) -> None:
+        """Decompress a stored blob to ``dst`` (for validation), bounded by ``max_size``."""
+        await asyncio.to_thread(
+            decompress_file,
+            self._blobs.path(digest),
+            dst,
+            expected_digest=digest,
+            max_size=max_size,
+        )

@@ -1,0 +1,329 @@
+"""Registered models and their versions: registration, listing, stages.
+
+Registering is two phases: checks that need no lock (blobs present, format, ONNX loads)
+run first; then one transaction numbers the version, signs its manifest and writes the
+version, its change-log row and its audit row together. A batch is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from central.domain import STAGES, Actor, Model, Page, Version
+from central.requests import ModelFields, RegisterVersion
+from central.services.blobs import BlobService
+from central.services.formats import ONNX, detect_format, onnx_main_file, onnx_signature
+from central.services.permissions import READ, WRITE, require
+from central.services.signing import Signer
+from central.stores.sqlite import SqliteStore, Transaction
+from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.manifest import FileEntry, Manifest, manifest_digest, metadata_digest
+from shared.names import validate_name
+from shared.semver import SemVer
+from shared.timeutil import format_time, utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+MAX_PAGE = 1000
+
+
+def allowed_stages(current: str) -> list[str]:
+    """Stages reachable from ``current``: one step forward, back to development, retire."""
+    if current == "retired":
+        return ["development"]
+    i = STAGES.index(current)
+    nxt = [STAGES[i + 1]] if i + 1 < len(STAGES) - 1 else []
+    back = ["development"] if current != "development" else []
+    return nxt + back + ["retired"]
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInputError("invalid cursor") from e
+
+
+def next_version(latest: str | None, branch: str) -> str:
+    """The version a registration without one gets: the next patch (or pre-release number)."""
+    if latest is None:
+        return "1.0.0" if branch == "main" else f"1.0.0-{branch.replace('_', '-')}.1"
+    v = SemVer.parse(latest)
+    if v.prerelease and v.prerelease[-1].isdigit():
+        pre = (*v.prerelease[:-1], str(int(v.prerelease[-1]) + 1))
+        return str(SemVer(v.major, v.minor, v.patch, pre))
+    return str(SemVer(v.major, v.minor, v.patch + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A registration whose blobs, format and signature have been checked."""
+
+    request: RegisterVersion
+    files: tuple[FileEntry, ...]
+    format: str
+    signature: dict[str, Any] | None
+    signature_digest: str | None
+
+
+class RegistryService:
+    """Models, versions and stages."""
+
+    def __init__(
+        self, store: SqliteStore, blobs: BlobService, signer: Signer, *, max_model_bytes: int
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._signer = signer
+        self._max_model_bytes = max_model_bytes
+
+    # models
+
+    async def create_model(self, actor: Actor, name: str, fields: ModelFields) -> Model:
+        require(actor, WRITE, validate_name(name))
+        async with self._store.transaction() as tx:
+            if await tx.model_id(name) is not None:
+                raise ConflictError(f"model {name} already exists")
+            await self._insert_model(tx, actor, name, fields.description or "", fields.tags or {})
+        return await self.get_model(actor, name)
+
+    async def _insert_model(
+        self, tx: Transaction, actor: Actor, name: str, description: str, tags: dict[str, str]
+    ) -> int:
+        model_id = await tx.insert_model(name, description, actor.name, tags, format_time(utcnow()))
+        await tx.append_change("model.created", model=name)
+        await tx.append_audit(actor=actor.name, role=actor.role, action="model.create", target=name)
+        return model_id
+
+    async def update_model(self, actor: Actor, name: str, fields: ModelFields) -> Model:
+        require(actor, WRITE, name)
+        async with self._store.transaction() as tx:
+            model = await tx.get_model(name)
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            description = model.description if fields.description is None else fields.description
+            tags = model.tags if fields.tags is None else fields.tags
+            await tx.update_model(model.id, description, tags, format_time(utcnow()))
+            await tx.append_change("model.updated", model=name)
+            await tx.append_audit(
+                actor=actor.name, role=actor.role, action="model.update", target=name
+            )
+        return await self.get_model(actor, name)
+
+    async def get_model(self, actor: Actor, name: str) -> Model:
+        require(actor, READ, name)
+        model = await self._store.get_model(validate_name(name))
+        if model is None:
+            raise NotFoundError(f"model {name} does not exist")
+        return model
+
+    async def list_models(self, actor: Actor, prefix: str, limit: int, cursor: str | None) -> Page:
+        require(actor, READ)
+        after = None if cursor is None else decode_cursor(cursor)
+        models = await self._store.list_models(prefix, after, limit + 1)
+        more = len(models) > limit
+        models = models[:limit]
+        return Page(models, encode_cursor(models[-1].name) if more and models else None)
+
+    # versions
+
+    async def list_versions(
+        self, actor: Actor, model: str, branch: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        found = await self.get_model(actor, model)
+        before = None if cursor is None else decode_cursor(cursor)
+        versions = await self._store.list_versions(found.id, branch, before, limit + 1)
+        more = len(versions) > limit
+        versions = versions[:limit]
+        last = versions[-1] if versions else None
+        return Page(
+            versions,
+            encode_cursor(SemVer.parse(last.version).sort_key()) if more and last else None,
+        )
+
+    async def get_version(self, actor: Actor, model: str, version: str) -> Version:
+        require(actor, READ, model)
+        SemVer.parse(version)
+        found = await self._store.get_version(validate_name(model), version)
+        if found is None:
+            await self.get_model(actor, model)
+            raise NotFoundError(f"version {model}@{version} does not exist")
+        return found
+
+    async def register(self, actor: Actor, request: RegisterVersion) -> Version:
+        return (await self.register_batch(actor, [request]))[0]
+
+    async def register_batch(
+        self, actor: Actor, requests: Sequence[RegisterVersion]
+    ) -> list[Version]:
+        """Register versions all or nothing, in one transaction."""
+        if not requests or len(requests) > MAX_BATCH:
+            raise InvalidInputError(f"a batch holds 1 to {MAX_BATCH} versions")
+        for r in requests:
+            require(actor, WRITE, r.model)
+        prepared = [await self._prepare(r) for r in requests]
+        ids = []
+        async with self._store.transaction() as tx:
+            for p in prepared:
+                ids.append(await self._insert(tx, actor, p))
+        out = []
+        for version_id in ids:
+            v = await self._store.get_version_by_id(version_id)
+            assert v is not None  # committed above
+            out.append(v)
+            logger.info("Registered %s@%s (%s)", v.model, v.version, v.format)
+        return out
+
+    async def _prepare(self, r: RegisterVersion) -> _Prepared:
+        blobs = await self._store.get_blobs(f.digest for f in r.files)
+        missing = sorted({f.digest for f in r.files} - set(blobs))
+        if missing:
+            raise ConflictError(f"blob(s) not uploaded yet: {', '.join(missing)}")
+        files = tuple(
+            sorted(
+                (
+                    FileEntry(
+                        f.path,
+                        f.digest,
+                        blobs[f.digest].size,
+                        blobs[f.digest].zdigest,
+                        blobs[f.digest].zsize,
+                    )
+                    for f in r.files
+                ),
+                key=lambda e: e.path,
+            )
+        )
+        paths = [f.path for f in files]
+        if len(set(paths)) != len(paths):
+            raise InvalidInputError("file paths must be unique within a version")
+        fmt = detect_format(paths)
+        signature, sig_digest = None, None
+        if fmt == ONNX:
+            main = next(f for f in files if f.path == onnx_main_file(paths))
+            sig_digest = main.digest
+            signature = await self._store.onnx_signature(main.digest)
+            if signature is None:
+                signature = await self._validate_onnx(files, main)
+        return _Prepared(r, files, fmt, signature, sig_digest)
+
+    async def _validate_onnx(self, files: tuple[FileEntry, ...], main: FileEntry) -> dict[str, Any]:
+        """Materialise the version's files and load the model in onnxruntime (off the loop)."""
+        with tempfile.TemporaryDirectory(prefix="skiff-validate-") as tmp:
+            root = Path(tmp)
+            for f in files:
+                dst = root / f.path
+                await asyncio.to_thread(dst.parent.mkdir, parents=True, exist_ok=True)
+                await self._blobs.read_raw_to(f.digest, dst, f.size)
+            return await asyncio.to_thread(onnx_signature, root / main.path)
+
+    async def _insert(self, tx: Transaction, actor: Actor, p: _Prepared) -> int:
+        r = p.request
+        model_id = await tx.model_id(r.model)
+        if model_id is None:
+            model_id = await self._insert_model(tx, actor, r.model, "", {})
+        latest = await tx.latest_on_branch(model_id, r.branch)
+        version = r.version or next_version(latest, r.branch)
+        parent = r.parent if r.parent is not None else latest
+        if r.parent is not None and await tx.get_version(r.model, r.parent) is None:
+            raise InvalidInputError(f"parent version {r.model}@{r.parent} does not exist")
+        metadata = {
+            **r.metadata,
+            "description": r.description,
+            "tags": r.tags,
+            "signature": p.signature,
+        }
+        meta_digest = metadata_digest(metadata)
+        created = format_time(utcnow())
+        manifest = Manifest(
+            r.model, version, p.format, p.files, meta_digest, parent, r.branch, created
+        )
+        signed = manifest.to_dict()
+        record = Version(
+            id=0,
+            model=r.model,
+            version=version,
+            branch=r.branch,
+            parent=parent,
+            format=p.format,
+            stage=r.stage,
+            description=r.description,
+            owner=actor.name,
+            tags=r.tags,
+            metadata=r.metadata,
+            signature=p.signature,
+            files=[f.to_dict() for f in p.files],
+            manifest=self._signer.sign(signed),
+            manifest_digest=manifest_digest(signed),
+            metadata_digest=meta_digest,
+            created_at=created,
+        )
+        version_id = await tx.insert_version(model_id, record, SemVer.parse(version).sort_key())
+        if p.signature is not None and p.signature_digest is not None:
+            await tx.put_onnx_signature(p.signature_digest, p.signature)
+        await tx.append_change(
+            "version.registered",
+            model=r.model,
+            version=version,
+            data={"manifest_digest": record.manifest_digest},
+        )
+        await tx.append_audit(
+            actor=actor.name,
+            role=actor.role,
+            action="version.register",
+            target=f"{r.model}@{version}",
+        )
+        return version_id
+
+    async def metadata_document(self, actor: Actor, model: str, version: str) -> dict[str, Any]:
+        """The document whose digest the version's manifest signs."""
+        v = await self.get_version(actor, model, version)
+        return {
+            **v.metadata,
+            "description": v.description,
+            "tags": v.tags,
+            "signature": v.signature,
+        }
+
+    async def set_stage(self, actor: Actor, model: str, version: str, stage: str) -> Version:
+        require(actor, WRITE, model)
+        if stage not in STAGES:
+            raise InvalidInputError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        async with self._store.transaction() as tx:
+            v = await tx.get_version(model, version)
+            if v is None:
+                raise NotFoundError(f"version {model}@{version} does not exist")
+            allowed = allowed_stages(v.stage)
+            if stage not in allowed:
+                raise ConflictError(
+                    f"{model}@{version} cannot move from {v.stage} to {stage}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+            await tx.set_stage(v.id, stage)
+            await tx.append_change(
+                "stage.changed",
+                model=model,
+                version=version,
+                data={"from": v.stage, "to": stage},
+            )
+            await tx.append_audit(
+                actor=actor.name,
+                role=actor.role,
+                action="stage.set",
+                target=f"{model}@{version}",
+                detail={"from": v.stage, "to": stage},
+            )
+        logger.info("%s@%s moved from %s to %s", model, version, v.stage, stage)
+        return await self.get_version(actor, model, version)
