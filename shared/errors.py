@@ -1,0 +1,155 @@
+"""The one error hierarchy of Skiff.
+
+Every error raised on purpose derives from :class:`SkiffError`. Each class
+carries a machine-readable ``code`` and the HTTP ``status`` that central's
+error middleware renders as ``{"error": {"code", "message"}}``. Callers branch
+on the class: a :class:`DownloadError` is retried later, a
+:class:`RepositoryError` is never retried as-is.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignatureError",
+    "ConflictError",
+    "DigestMismatchError",
+    "DownloadError",
+    "DownloadHTTPError",
+    "EqualVersionError",
+    "ExpiredError",
+    "ForbiddenError",
+    "FormatError",
+    "InvalidInputError",
+    "LengthError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RangeNotSatisfiableError",
+    "RepositoryError",
+    "RollbackError",
+    "SkiffError",
+    "UnauthenticatedError",
+    "UnsignedError",
+]
+
+
+class SkiffError(Exception):
+    """Base of every error we raise on purpose."""
+
+    code: str = "error"
+    status: int = 500
+
+
+# Verification failures: untrusted input that must not be accepted.
+
+
+class RepositoryError(SkiffError):
+    """Untrusted input failed verification. Never retried as-is."""
+
+    code = "verification_failed"
+    status = 400
+
+
+class FormatError(RepositoryError):
+    """A document or byte stream is malformed."""
+
+
+class UnsignedError(RepositoryError):
+    """Fewer valid signatures than the role's threshold."""
+
+
+class BadSignatureError(RepositoryError):
+    """A signature is present but does not verify."""
+
+
+class RollbackError(RepositoryError):
+    """A version or serial is lower than the trusted one."""
+
+
+class EqualVersionError(RepositoryError):
+    """A version or serial equals the trusted one: nothing new."""
+
+
+class ExpiredError(RepositoryError):
+    """A signed document has expired."""
+
+
+class DigestMismatchError(RepositoryError):
+    """Bytes do not hash to the signed digest."""
+
+
+class LengthError(RepositoryError):
+    """More or fewer bytes than the signed size allows."""
+
+
+# Transport failures: safe to retry later.
+
+
+class DownloadError(SkiffError):
+    """Transport failed; safe to retry later."""
+
+    code = "download_failed"
+    status = 502
+
+
+class DownloadHTTPError(DownloadError):
+    """The server answered with an unexpected HTTP status.
+
+    Attributes:
+        status_code: The HTTP status the server answered with.
+    """
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# Domain errors rendered by the API.
+
+
+class InvalidInputError(SkiffError):
+    """A request or argument is invalid."""
+
+    code = "invalid"
+    status = 400
+
+
+class UnauthenticatedError(SkiffError):
+    """No valid credentials were presented."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class ForbiddenError(SkiffError):
+    """The caller may not perform this action."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFoundError(SkiffError):
+    """The named object does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(SkiffError):
+    """The action conflicts with the current state."""
+
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLargeError(SkiffError):
+    """A request body exceeds its limit."""
+
+    code = "too_large"
+    status = 413
+
+
+class RangeNotSatisfiableError(SkiffError):
+    """A requested byte range lies outside the resource."""
+
+    code = "range_not_satisfiable"
+    status = 416
