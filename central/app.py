@@ -106,5 +106,6 @@ def run(config: CentralConfig) -> None:
         access_log=None,
         print=None,
         handle_signals=True,
+        auto_decompress=False,  # blob uploads handle Content-Encoding: zstd themselves
     )
     logger.info("Central stopped")

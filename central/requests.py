@@ -58,14 +58,14 @@ def parse_tags(value: Any, what: str = "tags") -> dict[str, str]:
     return out
 
 
-def _metrics(value: Any) -> dict[str, float]:
+def _metrics(value: Any) -> dict[str, float | int]:
     out = {}
     for k, v in _obj(value, "metadata.training.metrics").items():
         if not _TAG_KEY.match(k):
             raise InvalidInputError(f"invalid metric name {k[:64]!r}")
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise InvalidInputError(f"metric {k!r} must be a finite number, got {v!r}")
-        out[k] = float(v)
+        out[k] = v
     return out
 
 

@@ -9,6 +9,9 @@ on the class: a :class:`DownloadError` is retried later, a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
     "BadSignatureError",
     "ConflictError",
@@ -37,6 +40,8 @@ class SkiffError(Exception):
 
     code: str = "error"
     status: int = 500
+    # Extra HTTP response headers, set by a handler on an instance (e.g. Content-Range on 416).
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 # Verification failures: untrusted input that must not be accepted.

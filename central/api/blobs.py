@@ -82,8 +82,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if range_header and (if_range is None or if_range.strip() == headers["ETag"]):
         try:
             start, end = parse_range(range_header, blob.zsize)
-        except RangeNotSatisfiableError:
-            headers["Content-Range"] = f"bytes */{blob.zsize}"
+        except RangeNotSatisfiableError as e:
+            e.headers = {"Content-Range": f"bytes */{blob.zsize}"}
             raise
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.zsize}"

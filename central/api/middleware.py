@@ -59,7 +59,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             logger.error("Request %s failed: %s", request[REQUEST_ID], e)
         else:
             logger.debug("Request %s refused: %s %s", request[REQUEST_ID], e.status, e)
-        return _error(e.status, e.code, str(e))
+        response = _error(e.status, e.code, str(e))
+        response.headers.update(e.headers)
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise

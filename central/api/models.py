@@ -21,7 +21,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def create_model(request: web.Request) -> web.Response:
     body = await read_json(request, request.app[CONFIG].max_json_bytes)
-    name = required_str(body, "name", 128)
+    name = required_str(body, "name", 1024)
     fields = ModelFields.from_dict(body, allow_name=True)
     model = await request.app[REGISTRY].create_model(request[ACTOR], name, fields)
     return json_response(request, model.to_dict(), status=201)

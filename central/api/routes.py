@@ -162,5 +162,8 @@ ROUTES: tuple[Route, ...] = (
 def setup_routes(app: web.Application) -> None:
     for r in ROUTES:
         if r.method == "HEAD":
-            continue  # aiohttp answers HEAD through the GET route
-        app.router.add_route(r.method, r.path, r.handler)
+            continue  # added with its GET route below
+        if r.method == "GET":
+            app.router.add_get(r.path, r.handler, allow_head=True)
+        else:
+            app.router.add_route(r.method, r.path, r.handler)

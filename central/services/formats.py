@@ -95,9 +95,7 @@ def onnx_signature(model_path: Path) -> dict[str, Any]:
         raise InvalidInputError(
             f"{model_path.name} does not load in onnxruntime: {first_line[:300]}"
         ) from e
-    meta = session.get_modelmeta()
     return {
         "inputs": [_value_info(a) for a in session.get_inputs()],
         "outputs": [_value_info(a) for a in session.get_outputs()],
-        "producer": meta.producer_name or None,
     }

@@ -22,7 +22,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<str>'(?:[^']|'')*'|"(?:[^"]|"")*")
       | (?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-      | (?P<op>!=|>=|<=|=|>|<)
+      | (?P<op>[!<>=]+)
       | (?P<word>[A-Za-z_][A-Za-z0-9_.:/-]*)
     )""",
     re.VERBOSE,
@@ -75,7 +75,8 @@ def parse_filter(text: str) -> list[Clause]:
             raise InvalidInputError(f"invalid filter clause {shown!r}: expected FIELD OP VALUE")
         (_, field), (op_kind, op), (value_kind, raw) = part
         op = op.lower()
-        if op_kind not in ("op", "word") or (op_kind == "word" and op not in ("like", "contains")):
+        known = _NUM_OPS if op_kind == "op" else {"like", "contains"}
+        if op_kind not in ("op", "word") or op not in known:
             raise InvalidInputError(f"invalid operator {op!r} in clause {shown!r}")
         clauses.append(
             _check(
