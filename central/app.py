@@ -14,10 +14,14 @@ from central.api.keys import (
     BLOBS,
     CHANGES,
     CONFIG,
+    FEED,
+    FLEET_STATES,
+    FLEETS,
     METRICS,
     REGISTRY,
     SEARCH,
     STORE,
+    SYNC,
     TOKENS,
 )
 from central.api.middleware import authenticate, errors, observe
@@ -26,9 +30,13 @@ from central.config import CentralConfig
 from central.services.aliases import AliasService
 from central.services.blobs import BlobService
 from central.services.changes import ChangeService
+from central.services.feed import ChangeFeed
+from central.services.fleets import FleetService
+from central.services.fleetstate import FleetStates, keep_fresh
 from central.services.registry import RegistryService
 from central.services.search import SearchService
 from central.services.signing import Signer
+from central.services.sync import SyncService
 from central.services.tokens import TokenService
 from central.stores.blobs import LocalBlobStore
 from central.stores.sqlite import SqliteStore
@@ -53,13 +61,27 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     blobs = BlobService(
         store, blob_store, level=config.zstd_level, max_upload=config.max_upload_bytes
     )
+    states = FleetStates(signer, expiry_seconds=config.fleet_state_expiry_seconds)
+    feed = ChangeFeed(store, interval=config.alias_cache_refresh_seconds)
+    sync = SyncService(store, feed)
+    aliases = AliasService(store, states)
+    feed.subscribe(aliases.on_change)
+    blobs.device_access = sync.may_download
     app[STORE] = store
     app[BLOBS] = blobs
     app[TOKENS] = TokenService(store)
-    app[REGISTRY] = RegistryService(store, blobs, signer, max_model_bytes=config.max_upload_bytes)
-    app[ALIASES] = AliasService(store)
+    app[REGISTRY] = RegistryService(
+        store, blobs, signer, states, max_model_bytes=config.max_upload_bytes
+    )
+    app[ALIASES] = aliases
     app[SEARCH] = SearchService(store)
     app[CHANGES] = ChangeService(store)
+    app[FLEET_STATES] = states
+    app[FLEETS] = FleetService(store, blob_store, states)
+    app[FEED] = feed
+    app[SYNC] = sync
+    await feed.start()
+    await sync.start()
     try:
         yield
     finally:
@@ -68,16 +90,26 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(
-        app[ALIASES].follow_changes(app[CONFIG].alias_cache_refresh_seconds),
-        name="alias-cache",
-    )
+    config = app[CONFIG]
+    tasks = [
+        asyncio.create_task(app[FEED].run(), name="change-feed"),
+        asyncio.create_task(
+            keep_fresh(app[STORE], app[FLEET_STATES], config.fleet_state_check_seconds),
+            name="fleet-state-refresh",
+        ),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _release_long_polls(app: web.Application) -> None:
+    app[SYNC].close()
 
 
 def make_app(config: CentralConfig) -> web.Application:
@@ -89,6 +121,7 @@ def make_app(config: CentralConfig) -> web.Application:
     app[METRICS] = MetricsRegistry()
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_release_long_polls)
     setup_routes(app)
     return app
 

@@ -31,6 +31,8 @@ class CentralConfig:
     root_expiry_days: int = 365  # validity of a newly signed root document
     alias_cache_refresh_seconds: float = 1.0  # how often other replicas' changes are read
     shutdown_timeout_seconds: float = 10.0  # grace period for in-flight requests on SIGTERM
+    fleet_state_expiry_seconds: int = 7 * 24 * 3600  # validity of a signed fleet state
+    fleet_state_check_seconds: float = 300.0  # how often states near expiry are re-signed
 
     def __post_init__(self) -> None:
         if self.durability not in ("normal", "full"):

@@ -9,8 +9,12 @@ from central.domain import Actor
 from central.services.aliases import AliasService
 from central.services.blobs import BlobService
 from central.services.changes import ChangeService
+from central.services.feed import ChangeFeed
+from central.services.fleets import FleetService
+from central.services.fleetstate import FleetStates
 from central.services.registry import RegistryService
 from central.services.search import SearchService
+from central.services.sync import SyncService
 from central.services.tokens import TokenService
 from central.stores.sqlite import SqliteStore
 from shared.metrics import Registry as MetricsRegistry
@@ -24,6 +28,10 @@ SEARCH = web.AppKey("search", SearchService)
 TOKENS = web.AppKey("tokens", TokenService)
 CHANGES = web.AppKey("changes", ChangeService)
 METRICS = web.AppKey("metrics", MetricsRegistry)
+FEED = web.AppKey("feed", ChangeFeed)
+FLEET_STATES = web.AppKey("fleet_states", FleetStates)
+FLEETS = web.AppKey("fleets", FleetService)
+SYNC = web.AppKey("sync", SyncService)
 
 ACTOR = web.RequestKey("actor", Actor)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from central.api import aliases, blobs, misc, models, openapi, versions
+from central.api import aliases, blobs, fleets, misc, models, openapi, versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -155,6 +155,65 @@ ROUTES: tuple[Route, ...] = (
         ok=201,
     ),
     Route("GET", V1 + "/tokens", misc.list_tokens, "List tokens"),
+    Route("GET", V1 + "/fleets", fleets.list_fleets, "List fleets"),
+    Route(
+        "POST",
+        V1 + "/fleets",
+        fleets.create_fleet,
+        "Create a fleet",
+        body="json",
+        ok=201,
+        errors=(400, 401, 403, 409),
+    ),
+    Route(
+        "GET",
+        V1 + "/fleets/{fleet}",
+        fleets.show_fleet,
+        "Show a fleet: assignments, signed state, devices and their reports",
+    ),
+    Route(
+        "PUT",
+        V1 + "/fleets/{fleet}/models/{model}",
+        fleets.assign_model,
+        "Assign a model to a fleet, following an alias",
+        body="json",
+    ),
+    Route(
+        "DELETE",
+        V1 + "/fleets/{fleet}/models/{model}",
+        fleets.unassign_model,
+        "Stop a fleet following a model",
+    ),
+    Route(
+        "POST",
+        V1 + "/fleets/{fleet}/devices",
+        fleets.enroll_device,
+        "Enroll a device: its token (shown once) and the trusted root",
+        body="json",
+        ok=201,
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Route(
+        "GET",
+        V1 + "/fleets/{fleet}/bundle",
+        fleets.export_bundle,
+        "Offline bundle: root chain, fleet state, manifests and blobs",
+    ),
+    Route(
+        "GET",
+        V1 + "/sync",
+        fleets.sync,
+        "Device sync: long-polled changes since a cursor",
+        query=("since", "wait", "root"),
+    ),
+    Route(
+        "POST",
+        V1 + "/devices/{device}/report",
+        fleets.report,
+        "Device state report",
+        body="json",
+        ok=204,
+    ),
     Route("DELETE", V1 + "/tokens/{token_id}", misc.revoke_token, "Revoke a token", ok=204),
 )
 

@@ -2,15 +2,15 @@
 
 Alias resolution is served from an in-process cache. Writes made here evict at once;
 writes made by other central replicas reach it through the change log, which
-:meth:`AliasService.follow_changes` reads in the background.
+the change feed hands to :meth:`AliasService.on_change`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from central.domain import Actor, Alias, AliasEvent, Version
+from central.domain import Actor, Alias, AliasEvent, Change, Version
+from central.services.fleetstate import FleetStates
 from central.services.permissions import READ, WRITE, require
 from central.stores.sqlite import SqliteStore, Transaction
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -43,10 +43,10 @@ def is_version(ref: str) -> bool:
 class AliasService:
     """Sets, moves, rolls back and resolves aliases."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, fleets: FleetStates) -> None:
         self._store = store
+        self._fleets = fleets
         self._cache: dict[tuple[str, str], Alias | None] = {}
-        self._seen_seq = 0
 
     async def get(self, actor: Actor, model: str, alias: str) -> Alias:
         require(actor, READ, model)
@@ -140,6 +140,7 @@ class AliasService:
                 action="alias.delete",
                 target=f"{model}:{alias}",
             )
+            await self._fleets.refresh_model(tx, model_id)
         self._cache.pop((model, alias), None)
 
     async def _move(
@@ -179,6 +180,7 @@ class AliasService:
             target=f"{model}:{alias}",
             detail={"version": target.version},
         )
+        await self._fleets.refresh_model(tx, model_id)
         logger.info("Alias %s:%s now points at %s (%s)", model, alias, target.version, action)
 
     async def _after_write(self, actor: Actor, model: str, alias: str) -> Alias:
@@ -192,23 +194,7 @@ class AliasService:
             raise NotFoundError(f"model {model} does not exist")
         return model_id
 
-    async def follow_changes(self, interval: float) -> None:
-        """Evict cached aliases that other replicas moved (runs until cancelled)."""
-        self._seen_seq = await self._store.last_seq()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._evict_changed()
-            except Exception:
-                logger.exception("Reading the change log for the alias cache failed")
-                self._cache.clear()
-
-    async def _evict_changed(self) -> None:
-        while True:
-            changes = await self._store.list_changes(self._seen_seq, 1000)
-            for change in changes:
-                if change.kind in _ALIAS_KINDS and change.model and change.alias:
-                    self._cache.pop((change.model, change.alias), None)
-                self._seen_seq = change.seq
-            if len(changes) < 1000:
-                return
+    def on_change(self, change: Change) -> None:
+        """Evict what a committed alias change (from any replica) made stale."""
+        if change.kind in _ALIAS_KINDS and change.model and change.alias:
+            self._cache.pop((change.model, change.alias), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,10 +80,18 @@ class BlobService:
         self._blobs = blobs
         self._level = level
         self.max_upload = max_upload
+        # Set by the app: raises unless a device's fleet state names the blob.
+        self.device_access: Callable[[Actor, str], Awaitable[None]] | None = None
+
+    async def _may_read(self, actor: Actor, digest: str) -> None:
+        if actor.role == "device" and self.device_access is not None:
+            await self.device_access(actor, digest)
+        else:
+            require(actor, READ)
 
     async def info(self, actor: Actor, digest: str) -> Blob:
-        require(actor, READ)
         parse_digest(digest)
+        await self._may_read(actor, digest)
         blob = await self._store.get_blob(digest)
         if blob is None:
             raise NotFoundError(f"blob {digest} is not stored")
@@ -135,7 +143,7 @@ class BlobService:
         self, actor: Actor, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
         """Stream the stored (compressed) bytes ``[start, end)`` of a blob."""
-        require(actor, READ)
+        await self._may_read(actor, digest)
         return self._blobs.read(digest, start, end)
 
     async def read_raw_to(self, digest: str, dst: Path, max_size: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from central.domain import STAGES, Actor, Model, Page, Version
 from central.requests import ModelFields, RegisterVersion
 from central.services.blobs import BlobService
+from central.services.fleetstate import FleetStates
 from central.services.formats import ONNX, detect_format, onnx_main_file, onnx_signature
 from central.services.permissions import READ, WRITE, require
 from central.services.signing import Signer
@@ -82,8 +83,15 @@ class RegistryService:
     """Models, versions and stages."""
 
     def __init__(
-        self, store: SqliteStore, blobs: BlobService, signer: Signer, *, max_model_bytes: int
+        self,
+        store: SqliteStore,
+        blobs: BlobService,
+        signer: Signer,
+        fleets: FleetStates,
+        *,
+        max_model_bytes: int,
     ) -> None:
+        self._fleets = fleets
         self._store = store
         self._blobs = blobs
         self._signer = signer
@@ -312,6 +320,10 @@ class RegistryService:
                     f"allowed: {', '.join(allowed)}"
                 )
             await tx.set_stage(v.id, stage)
+            if "retired" in (stage, v.stage):
+                model_id = await tx.model_id(model)
+                assert model_id is not None
+                await self._fleets.refresh_model(tx, model_id)
             await tx.append_change(
                 "stage.changed",
                 model=model,

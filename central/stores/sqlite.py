@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -20,16 +20,14 @@ from typing import Any
 import aiosqlite
 
 from central.domain import Alias, AliasEvent, Blob, Change, Model, Token, Version
+from central.stores._sqlbase import dumps
+from central.stores.sqlite_fleets import FleetReads, FleetWrites
 from shared.errors import ConflictError
 from shared.timeutil import format_time, utcnow
 
 logger = logging.getLogger(__name__)
 
 _VERSION_COLUMNS = "v.*, m.name AS model_name"
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -41,20 +39,8 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class _Reads:
+class _Reads(FleetReads):
     """Queries shared by the reader connection and write transactions."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            row: sqlite3.Row | None = await cur.fetchone()
-            return row
-
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
 
     # models
 
@@ -116,6 +102,15 @@ class _Reads:
             f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
             "WHERE v.id = ?",
             (version_id,),
+        )
+        found = await self._versions(rows)
+        return found[0] if found else None
+
+    async def version_by_manifest(self, manifest_digest: str) -> Version | None:
+        rows = await self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+            "WHERE v.manifest_digest = ? LIMIT 1",
+            (manifest_digest,),
         )
         found = await self._versions(rows)
         return found[0] if found else None
@@ -286,15 +281,8 @@ class _Reads:
         return None if row is None else dict(json.loads(row[0]))
 
 
-class Transaction(_Reads):
+class Transaction(_Reads, FleetWrites):
     """Writes of one ``BEGIN IMMEDIATE`` transaction; reads see its own writes."""
-
-    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        try:
-            async with self._conn.execute(sql, params) as cur:
-                return int(cur.lastrowid or 0)
-        except sqlite3.IntegrityError as e:
-            raise ConflictError(f"conflicting write: {e}") from e
 
     async def insert_model(
         self, name: str, description: str, owner: str, tags: dict[str, str], at: str
@@ -302,7 +290,7 @@ class Transaction(_Reads):
         model_id = await self._run(
             "INSERT INTO models (name, description, owner, tags, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (name, description, owner, _dumps(tags), at, at),
+            (name, description, owner, dumps(tags), at, at),
         )
         await self._conn.executemany(
             "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?)",
@@ -315,7 +303,7 @@ class Transaction(_Reads):
     ) -> None:
         await self._run(
             "UPDATE models SET description = ?, tags = ?, updated_at = ? WHERE id = ?",
-            (description, _dumps(tags), at, model_id),
+            (description, dumps(tags), at, model_id),
         )
         await self._run("DELETE FROM model_tags WHERE model_id = ?", (model_id,))
         await self._conn.executemany(
@@ -339,11 +327,11 @@ class Transaction(_Reads):
                     v.stage,
                     v.description,
                     v.owner,
-                    _dumps(v.tags),
-                    _dumps(v.metadata),
-                    None if v.signature is None else _dumps(v.signature),
-                    _dumps(v.files),
-                    _dumps(v.manifest),
+                    dumps(v.tags),
+                    dumps(v.metadata),
+                    None if v.signature is None else dumps(v.signature),
+                    dumps(v.files),
+                    dumps(v.manifest),
                     v.manifest_digest,
                     v.metadata_digest,
                     v.created_at,
@@ -415,7 +403,7 @@ class Transaction(_Reads):
     async def put_onnx_signature(self, digest: str, signature: dict[str, Any]) -> None:
         await self._run(
             "INSERT OR REPLACE INTO onnx_signatures (digest, signature) VALUES (?, ?)",
-            (digest, _dumps(signature)),
+            (digest, dumps(signature)),
         )
 
     async def append_change(
@@ -429,7 +417,7 @@ class Transaction(_Reads):
     ) -> int:
         return await self._run(
             "INSERT INTO changes (at, kind, model, version, alias, data) VALUES (?,?,?,?,?,?)",
-            (format_time(utcnow()), kind, model, version, alias, _dumps(data or {})),
+            (format_time(utcnow()), kind, model, version, alias, dumps(data or {})),
         )
 
     async def append_audit(
@@ -454,7 +442,7 @@ class Transaction(_Reads):
                 target,
                 outcome,
                 request_id,
-                _dumps(detail or {}),
+                dumps(detail or {}),
             ),
         )
 
@@ -467,7 +455,7 @@ class Transaction(_Reads):
                 token.name,
                 token.role,
                 token_hash,
-                None if token.models is None else _dumps(list(token.models)),
+                None if token.models is None else dumps(list(token.models)),
                 token.created_at,
                 token.expires_at,
             ),
@@ -479,7 +467,7 @@ class Transaction(_Reads):
     async def insert_root(self, version: int, envelope: dict[str, Any], at: str) -> None:
         await self._run(
             "INSERT INTO roots (version, envelope, created_at) VALUES (?, ?, ?)",
-            (version, _dumps(envelope), at),
+            (version, dumps(envelope), at),
         )
 
 
@@ -510,6 +498,7 @@ class SqliteStore(_Reads):
         self._durability = durability
         self._writer: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self.on_commit: Callable[[], None] | None = None  # told after every commit
 
     async def open(self) -> None:
         self._writer = await self._connect()
@@ -563,6 +552,8 @@ class SqliteStore(_Reads):
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+        if self.on_commit is not None:
+            self.on_commit()
 
 
 def _version(row: sqlite3.Row, aliases: tuple[str, ...]) -> Version:

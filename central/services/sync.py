@@ -1,0 +1,168 @@
+"""Device sync: long-polled metadata deltas, device reports, and what a device may download.
+
+An unchanged device costs a constant amount of work: the change feed keeps, per fleet,
+the sequence number of its latest state, so a sync compares two integers and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from central.domain import Actor, Change
+from central.services.feed import ChangeFeed
+from central.stores.sqlite import SqliteStore
+from central.stores.sqlite_fleets import DeviceRow
+from shared.errors import ForbiddenError, InvalidInputError, NotFoundError
+from shared.timeutil import format_time, utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT = 60.0
+MANIFEST_CACHE = 4096
+
+
+class SyncService:
+    """Answers device syncs and reports."""
+
+    def __init__(self, store: SqliteStore, feed: ChangeFeed) -> None:
+        self._store = store
+        self._feed = feed
+        self._fleet_seq: dict[str, int] = {}
+        self._root_seq = 0
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._devices: dict[str, DeviceRow] = {}
+        self._documents: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._allowed: dict[str, set[str]] = {}
+        self._closing = False
+
+    async def start(self) -> None:
+        self._fleet_seq = await self._store.state_change_seqs()
+        self._root_seq = await self._store.last_root_seq()
+        self._feed.subscribe(self._on_change)
+
+    def close(self) -> None:
+        """Release every waiting long-poll (shutdown)."""
+        self._closing = True
+        for event in self._wakeups.values():
+            event.set()
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "fleet_state.updated":
+            fleet = str(change.data.get("fleet"))
+            self._fleet_seq[fleet] = change.seq
+            self._allowed.pop(fleet, None)
+            self._wake(fleet)
+        elif change.kind == "root.rotated":
+            self._root_seq = change.seq
+            for fleet in list(self._wakeups):
+                self._wake(fleet)
+        elif change.kind == "token.revoked":
+            self._devices.clear()
+
+    def _wake(self, fleet: str) -> None:
+        event = self._wakeups.pop(fleet, None)
+        if event is not None:
+            event.set()
+
+    async def device(self, actor: Actor) -> DeviceRow:
+        """The enrolled device behind a device token."""
+        if actor.role != "device":
+            raise ForbiddenError(f"role '{actor.role}' lacks the 'sync' permission")
+        found = self._devices.get(actor.token_id)
+        if found is None:
+            found = await self._store.device_by_token(actor.token_id)
+            if found is None:
+                raise ForbiddenError(f"token '{actor.name}' belongs to no enrolled device")
+            self._devices[actor.token_id] = found
+        return found
+
+    def _news(self, fleet: str, since: int) -> bool:
+        return self._fleet_seq.get(fleet, 0) > since or self._root_seq > since
+
+    async def sync(
+        self, actor: Actor, since: int, wait: float, root_version: int
+    ) -> dict[str, Any]:
+        """What changed for the device's fleet after ``since``; waits up to ``wait`` seconds."""
+        device = await self.device(actor)
+        if since < 0 or root_version < 0:
+            raise InvalidInputError("since and root must be >= 0")
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        fleet = device.fleet
+        if since > self._feed.last_seq:
+            since = 0  # a cursor from the future (restored database): send everything
+        if not self._news(fleet, since) and wait > 0 and not self._closing:
+            event = self._wakeups.setdefault(fleet, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), wait)
+        cursor = self._feed.last_seq
+        answer: dict[str, Any] = {
+            "cursor": cursor,
+            "roots": await self._store.roots_after(root_version),
+            "fleet_state": None,
+            "manifests": {},
+            "metadata": {},
+        }
+        if self._fleet_seq.get(fleet, 0) > since:
+            await self._add_state(answer, fleet)
+        return answer
+
+    async def _add_state(self, answer: dict[str, Any], fleet: str) -> None:
+        fleet_row = await self._store.get_fleet(fleet)
+        state = None if fleet_row is None else await self._store.latest_state(fleet_row.id)
+        if state is None:
+            return
+        answer["fleet_state"] = state.envelope
+        for target in state.envelope["signed"]["models"].values():
+            digest = target["manifest_digest"]
+            manifest, metadata = await self._documents_of(digest)
+            answer["manifests"][digest] = manifest
+            answer["metadata"][digest] = metadata
+
+    async def _documents_of(self, manifest_digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A version's manifest and metadata document (immutable, so cached)."""
+        found = self._documents.get(manifest_digest)
+        if found is not None:
+            self._documents.move_to_end(manifest_digest)
+            return found
+        version = await self._store.version_by_manifest(manifest_digest)
+        if version is None:
+            raise NotFoundError(f"no version has manifest {manifest_digest}")
+        metadata = {
+            **version.metadata,
+            "description": version.description,
+            "tags": version.tags,
+            "signature": version.signature,
+        }
+        self._documents[manifest_digest] = (version.manifest, metadata)
+        if len(self._documents) > MANIFEST_CACHE:
+            self._documents.popitem(last=False)
+        return version.manifest, metadata
+
+    async def may_download(self, actor: Actor, digest: str) -> None:
+        """Raise unless the device's current fleet state names a version holding ``digest``."""
+        device = await self.device(actor)
+        allowed = self._allowed.get(device.fleet)
+        if allowed is None:
+            fleet = await self._store.get_fleet(device.fleet)
+            state = None if fleet is None else await self._store.latest_state(fleet.id)
+            digests = (
+                []
+                if state is None
+                else [t["manifest_digest"] for t in state.envelope["signed"]["models"].values()]
+            )
+            allowed = await self._store.blobs_of_manifests(digests)
+            self._allowed[device.fleet] = allowed
+        if digest not in allowed:
+            raise ForbiddenError(f"blob {digest} is not named by fleet {device.fleet}'s state")
+
+    async def report(self, actor: Actor, device_id: str, report: dict[str, Any]) -> None:
+        device = await self.device(actor)
+        if device.id != device_id:
+            raise ForbiddenError(f"device {device.id} may not report for {device_id}")
+        async with self._store.transaction() as tx:
+            await tx.save_report(device_id, report, format_time(utcnow()))
+        logger.debug("Device %s reported", device_id)
