@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from central.config import CentralConfig, default_toml
+from edge_agent.config import EdgeConfig
 from shared.errors import InvalidInputError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -18,6 +19,12 @@ def test_every_central_setting_is_documented() -> None:
     for field in dataclasses.fields(CentralConfig):
         if field.name == "data_dir":
             continue
+        assert f"| `{field.name}` |" in text, f"{field.name} is not in docs/configuration.md"
+
+
+def test_every_edge_setting_is_documented() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for field in dataclasses.fields(EdgeConfig):
         assert f"| `{field.name}` |" in text, f"{field.name} is not in docs/configuration.md"
 
 

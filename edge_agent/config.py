@@ -1,0 +1,105 @@
+"""Edge agent configuration: one frozen dataclass read from ``edge.toml``.
+
+``skiff device enroll`` writes a complete file; ``skiff edge run`` flags override it.
+Every setting is documented in ``docs/configuration.md`` (a test checks that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidInputError
+from shared.names import validate_name
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """Settings of one edge agent."""
+
+    central_url: str
+    device_id: str
+    token: str = field(repr=False)  # never logged
+    fleet: str
+    trusted_root: str = field(repr=False)  # JSON of the root envelope provisioned at enrollment
+    data_dir: Path = Path("/var/lib/skiff-edge")
+    listen: str = "127.0.0.1:8500"
+    sideload_dir: Path | None = None  # default: <data_dir>/sideload
+    cache_budget_bytes: int = 10 * 1024**3
+    sync_wait_seconds: float = 30.0  # long-poll length
+    sync_backoff_initial_seconds: float = 1.0
+    sync_backoff_max_seconds: float = 60.0
+    report_interval_seconds: float = 30.0
+    request_timeout_seconds: float = 30.0
+    max_metadata_bytes: int = 16 * 1024**2  # largest sync answer or JSON document read
+    max_request_bytes: int = 64 * 1024**2  # largest inference request body
+    inference_threads: int = 2
+    log_level: str = "info"
+    ca_file: Path | None = None  # CA bundle to verify central's TLS certificate
+
+    def __post_init__(self) -> None:
+        validate_name(self.device_id, "device id")
+        validate_name(self.fleet, "fleet name")
+        if not self.central_url.startswith(("http://", "https://")):
+            raise InvalidInputError(f"central_url must be http(s)://..., got {self.central_url!r}")
+        if self.cache_budget_bytes <= 0:
+            raise InvalidInputError("cache_budget_bytes must be positive")
+        self.root_envelope()
+        self.host_port()
+
+    def root_envelope(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.trusted_root)
+        except ValueError as e:
+            raise InvalidInputError(f"trusted_root is not JSON: {e}") from e
+        if not isinstance(value, dict) or "signed" not in value:
+            raise InvalidInputError("trusted_root must be a signed root envelope")
+        return value
+
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise InvalidInputError(f"listen must be HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+    @property
+    def sideload_path(self) -> Path:
+        return self.sideload_dir if self.sideload_dir is not None else self.data_dir / "sideload"
+
+    @classmethod
+    def load(cls, path: Path, **overrides: Any) -> EdgeConfig:
+        """Read ``path`` (TOML), then apply the non-None ``overrides``."""
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInputError(f"cannot read {path}: {e}") from e
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise InvalidInputError(f"{path}: unknown settings {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("data_dir", "sideload_dir", "ca_file"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        missing = {"central_url", "device_id", "token", "fleet", "trusted_root"} - set(values)
+        if missing:
+            raise InvalidInputError(f"{path}: missing settings {sorted(missing)}")
+        return cls(**values)
+
+
+def render_toml(values: dict[str, Any]) -> str:
+    """An ``edge.toml`` for ``values`` (used by ``skiff device enroll``)."""
+    lines = ["# Skiff edge agent; see docs/configuration.md"]
+    for key, value in values.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int | float):
+            rendered = repr(value)
+        else:
+            rendered = json.dumps(str(value))  # a TOML basic string is a JSON string
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""The edge agent daemon: wiring, the HTTP server, sd_notify and a clean stop.
+
+Start order matters for offline-first: the cache is reconciled and what it holds is
+served *before* the first sync is attempted, so a device with no network answers
+inference requests within about a second plus model load time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+import shared
+from edge_agent.agent import Agent
+from edge_agent.cache import Cache
+from edge_agent.config import EdgeConfig
+from edge_agent.fetcher import Fetcher
+from edge_agent.inference_api import setup_inference_routes
+from edge_agent.sideload import Sideloader
+from edge_agent.slots import SlotManager
+from edge_agent.sync import SyncClient
+from shared import logs
+from shared.metrics import Registry as MetricsRegistry
+
+logger = logging.getLogger(__name__)
+
+AGENT = web.AppKey("agent", Agent)
+SYNC = web.AppKey("sync", SyncClient)
+METRICS = web.AppKey("metrics", MetricsRegistry)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state when it asked to be told (``NOTIFY_SOCKET``)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+
+async def _watchdog() -> None:
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if usec <= 0:
+        return
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(usec / 2_000_000)
+
+
+async def status(request: web.Request) -> web.Response:
+    agent, sync = request.app[AGENT], request.app[SYNC]
+    state = agent.trusted.fleet_state
+    body: dict[str, Any] = {
+        "slots": agent.slots.status(),
+        "fleet": agent.trusted.fleet,
+        "fleet_serial": None if state is None else state.serial,
+        "fleet_state_expires": None if state is None else state.expires.isoformat(),
+        "root_version": agent.trusted.root.version,
+        "cursor": await agent.cache.cursor(),
+        "last_contact": await agent.cache.last_contact(),
+        "connected": sync.connected,
+        "cache_bytes": await agent.cache.usage(),
+        "bad_versions": await agent.cache.bad_versions(),
+        "errors": list(agent.errors),
+        "version": shared.__version__,
+    }
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS]
+    agent, sync = request.app[AGENT], request.app[SYNC]
+    registry.gauge("skiff_edge_cache_bytes", "Bytes of verified blobs in the cache").set(
+        await agent.cache.usage()
+    )
+    registry.gauge("skiff_edge_sync_errors", "Failed sync rounds since start").set(sync.sync_errors)
+    registry.gauge("skiff_edge_connected", "1 when the last sync reached central").set(
+        1 if sync.connected else 0
+    )
+    return web.Response(text=registry.render(), content_type="text/plain")
+
+
+def _connector(config: EdgeConfig) -> aiohttp.TCPConnector:
+    if config.ca_file is not None:
+        return aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(config.ca_file)))
+    return aiohttp.TCPConnector()
+
+
+async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
+    """Run the agent until ``stop`` is set; then drain requests and close everything."""
+    await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True)
+    registry = MetricsRegistry()
+    cache = await Cache.open(config.data_dir, budget_bytes=config.cache_budget_bytes)
+    slots = SlotManager(inference_threads=config.inference_threads, metrics=registry)
+    agent = Agent(
+        fleet=config.fleet, root_envelope=config.root_envelope(), cache=cache, slots=slots
+    )
+    await agent.restore()
+    session = aiohttp.ClientSession(connector=_connector(config))
+    fetcher = Fetcher(
+        session, config.central_url, config.token, timeout=config.request_timeout_seconds
+    )
+    sync = SyncClient(config, fetcher, agent)
+    agent.on_change = sync.report_now.set
+    app = web.Application()
+    app[AGENT], app[SYNC], app[METRICS] = agent, sync, registry
+    setup_inference_routes(
+        app, slots, ready=lambda: agent.started, max_body_bytes=config.max_request_bytes
+    )
+    app.router.add_get("/skiff/status", status)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    await runner.setup()
+    host, port = config.host_port()
+    await web.TCPSite(runner, host, port).start()
+    agent.started = True
+    logger.info(
+        "Edge agent %s serving on http://%s:%d (fleet %s)",
+        config.device_id,
+        host,
+        port,
+        config.fleet,
+    )
+    sideloader = Sideloader(
+        config.sideload_path, agent, fallback=sync.fetch, max_json_bytes=config.max_metadata_bytes
+    )
+    tasks = [
+        asyncio.create_task(sync.run(), name="sync"),
+        asyncio.create_task(sync.report_loop(), name="report"),
+        asyncio.create_task(sideloader.run(stop), name="sideload"),
+        asyncio.create_task(_watchdog(), name="watchdog"),
+    ]
+    sd_notify("READY=1")
+    try:
+        await stop.wait()
+    finally:
+        sd_notify("STOPPING=1")
+        logger.info("Stopping: draining in-flight requests")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runner.cleanup()  # stops accepting, lets running requests finish
+        await session.close()
+        await slots.close()
+        await cache.close()
+        logger.info("Edge agent stopped")
+
+
+def run(config: EdgeConfig) -> None:
+    """Entry point of ``skiff edge run``: serve until SIGTERM or SIGINT."""
+    logs.configure(config.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())
