@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -43,6 +44,7 @@ from central.stores.sqlite import SqliteStore
 from shared import logs
 from shared.errors import NotFoundError
 from shared.metrics import Registry as MetricsRegistry
+from shared.systemd import sd_notify, watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -126,19 +128,41 @@ def make_app(config: CentralConfig) -> web.Application:
     return app
 
 
-def run(config: CentralConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain in-flight requests and stop."""
-    logs.configure(config.log_level)
-    host, port = config.host_port()
-    logger.info("Central serving %s on http://%s:%d", config.data_dir, host, port)
-    web.run_app(
+async def serve(config: CentralConfig, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then drain in-flight requests and close the stores."""
+    runner = web.AppRunner(
         make_app(config),
-        host=host,
-        port=port,
-        shutdown_timeout=config.shutdown_timeout_seconds,
         access_log=None,
-        print=None,
-        handle_signals=True,
+        shutdown_timeout=config.shutdown_timeout_seconds,
         auto_decompress=False,  # blob uploads handle Content-Encoding: zstd themselves
     )
+    await runner.setup()
+    host, port = config.host_port()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        logger.info("Central serving %s on http://%s:%d", config.data_dir, host, port)
+        sd_notify("READY=1")
+        pinger = asyncio.create_task(watchdog(), name="watchdog")
+        await stop.wait()
+        sd_notify("STOPPING=1")
+        logger.info("Stopping: draining in-flight requests")
+        pinger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pinger
+    finally:
+        await runner.cleanup()
     logger.info("Central stopped")
+
+
+def run(config: CentralConfig) -> None:
+    """Entry point of ``skiff central serve``: serve until SIGTERM or SIGINT."""
+    logs.configure(config.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())

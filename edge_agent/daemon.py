@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import ssl
 from typing import Any
 
@@ -30,33 +28,13 @@ from edge_agent.slots import SlotManager
 from edge_agent.sync import SyncClient
 from shared import logs
 from shared.metrics import Registry as MetricsRegistry
+from shared.systemd import sd_notify, watchdog
 
 logger = logging.getLogger(__name__)
 
 AGENT = web.AppKey("agent", Agent)
 SYNC = web.AppKey("sync", SyncClient)
 METRICS = web.AppKey("metrics", MetricsRegistry)
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd about our state when it asked to be told (``NOTIFY_SOCKET``)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(address)
-        s.sendall(message.encode())
-
-
-async def _watchdog() -> None:
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    if usec <= 0:
-        return
-    while True:
-        sd_notify("WATCHDOG=1")
-        await asyncio.sleep(usec / 2_000_000)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -140,7 +118,7 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
         asyncio.create_task(sync.run(), name="sync"),
         asyncio.create_task(sync.report_loop(), name="report"),
         asyncio.create_task(sideloader.run(stop), name="sideload"),
-        asyncio.create_task(_watchdog(), name="watchdog"),
+        asyncio.create_task(watchdog(), name="watchdog"),
     ]
     sd_notify("READY=1")
     try:
