@@ -18,6 +18,7 @@ from central.api.keys import (
     FEED,
     FLEET_STATES,
     FLEETS,
+    KEYS,
     METRICS,
     REGISTRY,
     SEARCH,
@@ -34,6 +35,7 @@ from central.services.changes import ChangeService
 from central.services.feed import ChangeFeed
 from central.services.fleets import FleetService
 from central.services.fleetstate import FleetStates, keep_fresh
+from central.services.keys import KeyService, finish_rotation
 from central.services.registry import RegistryService
 from central.services.search import SearchService
 from central.services.signing import Signer
@@ -59,6 +61,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     blob_store = LocalBlobStore(config.blob_dir)
     await store.open()
     await blob_store.open()
+    root = await store.get_root()
+    if root is not None:
+        await asyncio.to_thread(finish_rotation, config.key_dir, root)
     signer = Signer.from_key_dir(config.key_dir)
     blobs = BlobService(
         store, blob_store, level=config.zstd_level, max_upload=config.max_upload_bytes
@@ -80,6 +85,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[CHANGES] = ChangeService(store)
     app[FLEET_STATES] = states
     app[FLEETS] = FleetService(store, blob_store, states)
+    app[KEYS] = KeyService(
+        store, config.key_dir, signer, states, root_expiry_days=config.root_expiry_days
+    )
     app[FEED] = feed
     app[SYNC] = sync
     await feed.start()

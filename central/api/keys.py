@@ -12,6 +12,7 @@ from central.services.changes import ChangeService
 from central.services.feed import ChangeFeed
 from central.services.fleets import FleetService
 from central.services.fleetstate import FleetStates
+from central.services.keys import KeyService
 from central.services.registry import RegistryService
 from central.services.search import SearchService
 from central.services.sync import SyncService
@@ -32,6 +33,7 @@ FEED = web.AppKey("feed", ChangeFeed)
 FLEET_STATES = web.AppKey("fleet_states", FleetStates)
 FLEETS = web.AppKey("fleets", FleetService)
 SYNC = web.AppKey("sync", SyncService)
+KEYS = web.AppKey("keys", KeyService)
 
 ACTOR = web.RequestKey("actor", Actor)
 REQUEST_ID = web.RequestKey("request_id", str)

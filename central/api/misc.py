@@ -6,8 +6,8 @@ from aiohttp import web
 
 import shared
 from central.api.common import int_param, json_response, limit_param, read_json
-from central.api.keys import ACTOR, CHANGES, CONFIG, METRICS, SEARCH, TOKENS
-from central.requests import CreateToken
+from central.api.keys import ACTOR, CHANGES, CONFIG, KEYS, METRICS, SEARCH, TOKENS
+from central.requests import CreateToken, required_str
 
 
 async def search(request: web.Request) -> web.Response:
@@ -73,3 +73,9 @@ async def metrics(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    body = await read_json(request, request.app[CONFIG].max_json_bytes)
+    envelope = await request.app[KEYS].rotate(request[ACTOR], required_str(body, "role", 16))
+    return json_response(request, envelope, etag=False)

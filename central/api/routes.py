@@ -155,6 +155,13 @@ ROUTES: tuple[Route, ...] = (
         ok=201,
     ),
     Route("GET", V1 + "/tokens", misc.list_tokens, "List tokens"),
+    Route(
+        "POST",
+        V1 + "/keys/rotate",
+        misc.rotate_keys,
+        "Rotate the root or targets key: a new root version, signed by old and new keys",
+        body="json",
+    ),
     Route("GET", V1 + "/fleets", fleets.list_fleets, "List fleets"),
     Route(
         "POST",

@@ -46,6 +46,9 @@ class FleetStates:
         self._signer = signer
         self.expiry = timedelta(seconds=expiry_seconds)
 
+    def use(self, signer: Signer) -> None:
+        self._signer = signer
+
     async def refresh(
         self,
         tx: Transaction,
@@ -53,6 +56,7 @@ class FleetStates:
         *,
         rollouts: dict[str, Any] | None = None,
         force: bool = False,
+        signer: Signer | None = None,
     ) -> int | None:
         """Re-sign the fleet's state if its content changed (or ``force``); the new serial."""
         fleet = await tx.get_fleet_by_id(fleet_id)
@@ -76,7 +80,7 @@ class FleetStates:
             "models": models,
             "rollouts": rollouts,
         }
-        envelope = self._signer.sign(signed)
+        envelope = (signer or self._signer).sign(signed)
         await tx.insert_state(fleet_id, serial, envelope, expires, format_time(now))
         await tx.append_change("fleet_state.updated", data={"fleet": fleet, "serial": serial})
         logger.info("Fleet %s state serial %d: %d model(s)", fleet, serial, len(models))

@@ -11,12 +11,14 @@ READ = "read"  # models, versions, aliases, manifests, blobs, search, change log
 WRITE = "write"  # register versions, upload blobs, edit models, move aliases and stages
 MANAGE_TOKENS = "manage_tokens"  # tokens and device enrollment
 MANAGE_FLEETS = "manage_fleets"  # fleets and the models they follow
+MANAGE_KEYS = "manage_keys"  # key rotation
 
 MATRIX: dict[str, frozenset[str]] = {
     READ: frozenset({"viewer", "developer", "approver", "admin"}),
     WRITE: frozenset({"developer", "admin"}),
     MANAGE_TOKENS: frozenset({"admin"}),
     MANAGE_FLEETS: frozenset({"developer", "admin"}),
+    MANAGE_KEYS: frozenset({"admin"}),
 }
 
 

@@ -37,6 +37,10 @@ class Signer:
     def targets_keyid(self) -> str:
         return self._targets.keyid
 
+    def replace(self, targets_key: SigningKey) -> None:
+        """Sign with a new targets key from now on (after a rotation)."""
+        self._targets = targets_key
+
     def sign(self, signed: Mapping[str, Any]) -> dict[str, Any]:
         return sign_envelope(signed, [self._targets])
 

@@ -58,6 +58,7 @@ class SyncService:
             self._wake(fleet)
         elif change.kind == "root.rotated":
             self._root_seq = change.seq
+            self._documents.clear()  # a targets rotation re-signs every manifest
             for fleet in list(self._wakeups):
                 self._wake(fleet)
         elif change.kind == "token.revoked":

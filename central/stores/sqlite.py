@@ -464,6 +464,22 @@ class Transaction(_Reads, FleetWrites):
     async def revoke_token(self, token_id: str, at: str) -> None:
         await self._run("UPDATE tokens SET revoked_at = ? WHERE id = ?", (at, token_id))
 
+    async def resign_manifests(self, sign: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+        """Replace every manifest's signatures (the signed part, and so its digest, stay)."""
+        count, last_id = 0, 0
+        while True:
+            rows = await self._all(
+                "SELECT id, manifest FROM versions WHERE id > ? ORDER BY id LIMIT 500", (last_id,)
+            )
+            if not rows:
+                return count
+            await self._conn.executemany(
+                "UPDATE versions SET manifest = ? WHERE id = ?",
+                [(dumps(sign(json.loads(r["manifest"])["signed"])), r["id"]) for r in rows],
+            )
+            count += len(rows)
+            last_id = rows[-1]["id"]
+
     async def insert_root(self, version: int, envelope: dict[str, Any], at: str) -> None:
         await self._run(
             "INSERT INTO roots (version, envelope, created_at) VALUES (?, ?, ?)",
