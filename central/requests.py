@@ -52,8 +52,7 @@ def parse_tags(value: Any, what: str = "tags") -> dict[str, str]:
         raise InvalidInputError(f"{what}: at most 256 tags")
     out = {}
     for k, v in tags.items():
-        if not _TAG_KEY.match(k):
-            raise InvalidInputError(f"invalid tag key {k[:64]!r} in {what}")
+        validate_name(k, f"tag key in {what}")
         out[k] = _str(v, f"tag {k!r}", max_len=1024)
     return out
 
