@@ -1,0 +1,1 @@
+"""The edge agent: the device daemon that syncs, caches and serves models."""

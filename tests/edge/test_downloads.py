@@ -1,0 +1,214 @@
+"""Fetching and importing blobs into the cache through the verifying writer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import pytest
+
+from edge_agent.cache import Cache
+from edge_agent.downloads import fetch_blob, import_blob
+from edge_agent.fetcher import Fetcher
+from shared.errors import (
+    DigestMismatchError,
+    DownloadError,
+    DownloadHTTPError,
+    LengthError,
+    RepositoryError,
+)
+from shared.manifest import FileEntry
+from tests.edge.test_fetcher import TOKEN, BlobServer, make_blob, running_blob_server
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[BlobServer]:
+    async with running_blob_server() as state:
+        yield state
+
+
+@pytest.fixture
+async def cache(tmp_path: Path) -> AsyncIterator[Cache]:
+    c = await Cache.open(tmp_path / "data", budget_bytes=1 << 30)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def client(server: BlobServer) -> AsyncIterator[Fetcher]:
+    async with aiohttp.ClientSession() as session:
+        yield Fetcher(session, server.url, TOKEN, timeout=2)
+
+
+def leftovers(cache: Cache) -> list[Path]:
+    """Partial and staged files left in the data directory."""
+    data = cache.data_dir
+    return sorted([*(data / "partial").iterdir(), *(data / "blobs" / "tmp").iterdir()])
+
+
+def raw_of(entry: FileEntry, seed: int) -> bytes:
+    return random.Random(seed).randbytes(entry.size)
+
+
+async def assert_not_cached(cache: Cache, entry: FileEntry) -> None:
+    assert not await cache.has_blob(entry.digest)
+    assert not cache.blob_path(entry.digest).exists()
+    assert await cache.usage() == 0
+
+
+async def test_fetch_blob_stores_the_verified_blob(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(300_000, 1)
+    server.add(entry, packed)
+    await fetch_blob(client, cache, entry)
+    assert await cache.has_blob(entry.digest)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 1)
+    assert leftovers(cache) == []
+    await fetch_blob(client, cache, entry)  # cached: no second request
+    assert len(server.log) == 1
+    assert server.log[0]["path"] == f"/api/v1/blobs/{entry.digest}"
+
+
+async def test_fetch_blob_resumes_after_a_cut(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(300_000, 2)
+    server.add(entry, packed)
+    server.cut_after = 120_000
+    with pytest.raises(DownloadError):
+        await fetch_blob(client, cache, entry)
+    assert cache.partial_path(entry.digest).stat().st_size == 120_000
+    await assert_not_cached(cache, entry)
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 2)
+    assert [(r["range"], r["if_range"]) for r in server.log] == [
+        (None, None),
+        ("bytes=120000-", server.etags[entry.digest]),
+    ]
+    assert server.etags[entry.digest] == '"' + entry.zdigest.removeprefix("sha256:") + '"'
+    assert leftovers(cache) == []
+
+
+async def test_tampered_blob_is_a_digest_mismatch_and_nothing_is_stored(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(200_000, 3)
+    impostor_entry, impostor = make_blob(200_000, 4)
+    assert impostor_entry.zsize == entry.zsize
+    server.add(entry, packed)
+    server.tamper[entry.digest] = impostor
+    with pytest.raises(DigestMismatchError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+
+
+async def test_flipped_byte_is_rejected_and_nothing_is_stored(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(200_000, 5)
+    flipped = bytearray(packed)
+    flipped[len(flipped) // 2] ^= 0x40
+    server.add(entry, packed)
+    server.tamper[entry.digest] = bytes(flipped)
+    with pytest.raises(RepositoryError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+
+
+async def test_extra_bytes_are_a_length_error_and_nothing_is_stored(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(100_000, 6)
+    server.add(entry, packed)
+    server.extra = b"x"
+    server.announce_extra = False
+    with pytest.raises(LengthError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+
+
+async def test_a_corrupt_complete_part_is_dropped_then_fetched_again(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(50_000, 7)
+    server.add(entry, packed)
+    part = cache.partial_path(entry.digest)
+    part.write_bytes(b"\0" * entry.zsize)  # left by a crash, full length but wrong
+    with pytest.raises(RepositoryError):
+        await fetch_blob(client, cache, entry)
+    assert not part.exists()
+    assert server.log == []
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 7)
+
+
+async def test_http_error_keeps_nothing_and_is_retryable(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(1000, 8)
+    server.add(entry, packed)
+    server.status = 503
+    with pytest.raises(DownloadHTTPError) as info:
+        await fetch_blob(client, cache, entry)
+    assert info.value.status_code == 503
+    await assert_not_cached(cache, entry)
+    server.status = None
+    await fetch_blob(client, cache, entry)
+    assert await cache.has_blob(entry.digest)
+
+
+async def test_concurrent_fetches_of_one_blob_download_once(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(200_000, 9)
+    server.add(entry, packed)
+    await asyncio.gather(*(fetch_blob(client, cache, entry) for _ in range(3)))
+    assert len(server.log) == 1
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 9)
+
+
+async def test_import_blob_from_a_tar_member(cache: Cache, tmp_path: Path) -> None:
+    entry, packed = make_blob(100_000, 10)
+    bundle = tmp_path / "fleet.skiff"
+    with tarfile.open(bundle, "w") as tar:
+        info = tarfile.TarInfo(f"blobs/{entry.digest.removeprefix('sha256:')}.zst")
+        info.size = len(packed)
+        tar.addfile(info, io.BytesIO(packed))
+        tar.addfile(tarfile.TarInfo("after"), io.BytesIO(b""))
+    with tarfile.open(bundle, "r") as tar:
+
+        def member() -> IO[bytes]:
+            f = tar.extractfile(f"blobs/{entry.digest.removeprefix('sha256:')}.zst")
+            assert f is not None
+            return f
+
+        await import_blob(member, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 10)
+    assert leftovers(cache) == []
+
+
+async def test_import_blob_rejects_tampered_and_overlong_input(cache: Cache) -> None:
+    entry, packed = make_blob(100_000, 11)
+    _, impostor = make_blob(100_000, 12)
+    with pytest.raises(DigestMismatchError):
+        await import_blob(lambda: io.BytesIO(impostor), cache, entry)
+    with pytest.raises(LengthError):
+        await import_blob(lambda: io.BytesIO(packed + b"\0"), cache, entry)
+    with pytest.raises(LengthError):
+        await import_blob(lambda: io.BytesIO(packed[:-10]), cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+    await import_blob(lambda: io.BytesIO(packed), cache, entry)
+    assert await cache.has_blob(entry.digest)
