@@ -1,0 +1,1 @@
+"""Integration tests: the real central (and agents) as processes on loopback."""

@@ -1,0 +1,265 @@
+"""Search: every filter clause, ordering and pagination over a small catalogue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.support import CentralProcess, api, api_ok, register, unique
+
+PMML = b'<?xml version="1.0"?>\n<PMML version="4.4" xmlns="http://www.dmg.org/PMML-4_4"/>\n'
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    prefix: str
+    fraud: str
+    fraud_eu: str
+    churn: str
+
+    @property
+    def scope(self) -> str:
+        return f"name like '{self.prefix}%'"
+
+
+@pytest.fixture(scope="module")
+def cat(central_module: CentralProcess) -> Catalogue:
+    """Five versions over three models, registered in a known order."""
+    prefix = unique("s")
+    c = Catalogue(prefix, f"{prefix}-fraud", f"{prefix}-fraud-eu", f"{prefix}-churn")
+    for model, region in ((c.fraud, "global"), (c.fraud_eu, "eu"), (c.churn, "us")):
+        api_ok(
+            central_module,
+            "POST",
+            "/api/v1/models",
+            201,
+            json={"name": model, "tags": {"region": region}},
+        )
+    alice = api_ok(
+        central_module, "POST", "/api/v1/tokens", 201, json={"name": "alice", "role": "developer"}
+    )["token"]
+
+    def metrics(auc: float) -> dict[str, Any]:
+        return {"training": {"metrics": {"auc": auc}}}
+
+    register(
+        central_module,
+        c.fraud,
+        "1.0.0",
+        tags={"team": "risk"},
+        metadata=metrics(0.80),
+        description="baseline logistic regression",
+    )
+    register(
+        central_module,
+        c.fraud,
+        "1.1.0",
+        tags={"team": "risk"},
+        metadata=metrics(0.92),
+        description="tuned logistic regression",
+    )
+    for stage in ("training", "validation", "staging"):
+        api_ok(
+            central_module,
+            "PUT",
+            f"/api/v1/models/{c.fraud}/versions/1.1.0/stage",
+            json={"stage": stage},
+        )
+    register(
+        central_module,
+        c.fraud_eu,
+        "1.0.0",
+        files={"model.pmml": PMML},
+        tags={"team": "eu"},
+        metadata=metrics(0.85),
+        description="regional scorecard",
+    )
+    register(
+        central_module,
+        c.churn,
+        "1.0.0",
+        tags={"team": "growth"},
+        metadata=metrics(0.70),
+        description="churn predictor with boosted trees",
+    )
+    register(
+        central_module,
+        c.fraud,
+        "2.0.0",
+        branch="exp",
+        tags={"team": "risk"},
+        metadata=metrics(0.95),
+        description="gradient boosted trees",
+        token=alice,
+    )
+    return c
+
+
+def _search(
+    central: CentralProcess, flt: str, order_by: str | None = None, limit: int = 1000
+) -> list[tuple[str, str]]:
+    query = f"filter={quote(flt, safe='')}&limit={limit}"
+    if order_by is not None:
+        query += f"&order_by={quote(order_by, safe='')}"
+    found: list[tuple[str, str]] = []
+    cursor = None
+    for _ in range(100):
+        path = f"/api/v1/search?{query}"
+        if cursor is not None:
+            path += f"&cursor={quote(cursor, safe='')}"
+        page = api_ok(central, "GET", path)
+        found.extend((v["model"], v["version"]) for v in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+    raise AssertionError("search pagination did not end")
+
+
+CASES: list[tuple[str, str, set[str]]] = [
+    # id, filter ({scope}, {fraud}... are filled in), expected as "model-key@version"
+    ("name-exact", "name = '{fraud}'", {"fraud@1.0.0", "fraud@1.1.0", "fraud@2.0.0"}),
+    (
+        "name-prefix",
+        "name like '{fraud}%'",
+        {"fraud@1.0.0", "fraud@1.1.0", "fraud@2.0.0", "eu@1.0.0"},
+    ),
+    ("tags", "{scope} and tags.team = 'risk'", {"fraud@1.0.0", "fraud@1.1.0", "fraud@2.0.0"}),
+    ("model-tags", "{scope} and model_tags.region = 'eu'", {"eu@1.0.0"}),
+    ("stage", "{scope} and stage = 'staging'", {"fraud@1.1.0"}),
+    ("branch", "{scope} and branch = 'exp'", {"fraud@2.0.0"}),
+    ("owner", "{scope} and owner = 'alice'", {"fraud@2.0.0"}),
+    ("format-pmml", "{scope} and format = 'pmml'", {"eu@1.0.0"}),
+    (
+        "format-onnx",
+        "{scope} and format = 'onnx'",
+        {"fraud@1.0.0", "fraud@1.1.0", "fraud@2.0.0", "churn@1.0.0"},
+    ),
+    ("metric-eq", "{scope} and metrics.auc = 0.92", {"fraud@1.1.0"}),
+    (
+        "metric-ne",
+        "{scope} and metrics.auc != 0.92",
+        {"fraud@1.0.0", "fraud@2.0.0", "eu@1.0.0", "churn@1.0.0"},
+    ),
+    ("metric-gt", "{scope} and metrics.auc > 0.85", {"fraud@1.1.0", "fraud@2.0.0"}),
+    ("metric-ge", "{scope} and metrics.auc >= 0.85", {"fraud@1.1.0", "fraud@2.0.0", "eu@1.0.0"}),
+    ("metric-lt", "{scope} and metrics.auc < 0.8", {"churn@1.0.0"}),
+    ("metric-le", "{scope} and metrics.auc <= 0.8", {"churn@1.0.0", "fraud@1.0.0"}),
+    ("metric-missing", "{scope} and metrics.f1 > 0", set()),
+    ("description", "{scope} and description contains 'trees'", {"churn@1.0.0", "fraud@2.0.0"}),
+    (
+        "description-word",
+        "{scope} and description contains 'logistic'",
+        {"fraud@1.0.0", "fraud@1.1.0"},
+    ),
+    (
+        "upper-and",
+        "{scope} AND branch = 'main' AND metrics.auc >= 0.85",
+        {"fraud@1.1.0", "eu@1.0.0"},
+    ),
+    ("no-match", "name = '{prefix}-nothing'", set()),
+]
+
+
+def _keys(cat: Catalogue, found: list[tuple[str, str]]) -> list[str]:
+    names = {cat.fraud: "fraud", cat.fraud_eu: "eu", cat.churn: "churn"}
+    return [f"{names[m]}@{v}" for m, v in found]
+
+
+@pytest.mark.parametrize(("flt", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_filter(
+    central_module: CentralProcess, cat: Catalogue, flt: str, expected: set[str]
+) -> None:
+    text = flt.format(scope=cat.scope, fraud=cat.fraud, prefix=cat.prefix)
+    found = _keys(cat, _search(central_module, text))
+    assert len(found) == len(set(found)), found
+    assert set(found) == expected
+
+
+REGISTRATION_ORDER = ["fraud@1.0.0", "fraud@1.1.0", "eu@1.0.0", "churn@1.0.0", "fraud@2.0.0"]
+BY_AUC = ["churn@1.0.0", "fraud@1.0.0", "eu@1.0.0", "fraud@1.1.0", "fraud@2.0.0"]
+
+
+@pytest.mark.parametrize(
+    ("order_by", "expected"),
+    [
+        (None, list(reversed(REGISTRATION_ORDER))),
+        ("created_at", list(reversed(REGISTRATION_ORDER))),
+        ("created_at desc", list(reversed(REGISTRATION_ORDER))),
+        ("created_at asc", REGISTRATION_ORDER),
+        ("metrics.auc asc", BY_AUC),
+        ("metrics.auc desc", list(reversed(BY_AUC))),
+    ],
+)
+def test_order_by(
+    central_module: CentralProcess, cat: Catalogue, order_by: str | None, expected: list[str]
+) -> None:
+    assert _keys(cat, _search(central_module, cat.scope, order_by)) == expected
+
+
+@pytest.mark.parametrize(
+    ("order_by", "expected"),
+    [
+        ("version asc", ["1.0.0", "1.1.0", "2.0.0"]),
+        ("version desc", ["2.0.0", "1.1.0", "1.0.0"]),
+    ],
+)
+def test_order_by_version(
+    central_module: CentralProcess, cat: Catalogue, order_by: str, expected: list[str]
+) -> None:
+    found = _search(central_module, f"name = '{cat.fraud}'", order_by)
+    assert [v for _, v in found] == expected
+
+
+@pytest.mark.parametrize("order_by", ["created_at", "metrics.auc desc", "version asc"])
+def test_pagination_returns_each_version_once(
+    central_module: CentralProcess, cat: Catalogue, order_by: str
+) -> None:
+    whole = _search(central_module, cat.scope, order_by)
+    paged = _search(central_module, cat.scope, order_by, limit=2)
+    assert paged == whole
+    assert len(whole) == 5
+
+
+def test_page_size_is_respected(central_module: CentralProcess, cat: Catalogue) -> None:
+    query = f"filter={quote(cat.scope, safe='')}&limit=2"
+    page = api_ok(central_module, "GET", f"/api/v1/search?{query}")
+    assert len(page["items"]) == 2
+    assert page["next_cursor"]
+
+
+@pytest.mark.parametrize(
+    ("flt", "needle"),
+    [
+        ("bogus = 'x'", "bogus"),
+        ("stage = 'staging' and colour = 'red'", "colour"),
+        ("metrics.auc >> 1", "metrics.auc"),
+        ("metrics.auc > 'high'", "high"),
+        ("tags.team ~ 'risk'", "~"),
+        ("name = unquoted", "unquoted"),
+        ("stage = 'staging' or branch = 'exp'", "or"),
+    ],
+)
+def test_invalid_filter_is_400_naming_the_clause(
+    central_module: CentralProcess, flt: str, needle: str
+) -> None:
+    resp = api(central_module, "GET", f"/api/v1/search?filter={quote(flt, safe='')}")
+    assert resp.status == 400, resp.body
+    err = resp.error()
+    assert err["code"] == "invalid"
+    assert needle in err["message"], err["message"]
+
+
+def test_invalid_order_by_is_400(central_module: CentralProcess) -> None:
+    resp = api(central_module, "GET", "/api/v1/search?order_by=colour")
+    assert resp.status == 400
+    assert "colour" in resp.error()["message"]
+
+
+def test_results_are_version_records(central_module: CentralProcess, cat: Catalogue) -> None:
+    query = f"filter={quote(f'name = {chr(39)}{cat.fraud_eu}{chr(39)}', safe='')}"
+    (item,) = api_ok(central_module, "GET", f"/api/v1/search?{query}")["items"]
+    direct = api_ok(central_module, "GET", f"/api/v1/models/{cat.fraud_eu}/versions/1.0.0")
+    assert item == direct
