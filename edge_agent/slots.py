@@ -1,0 +1,467 @@
+"""Model slots: load, warm up, health-check and hot-swap ONNX versions.
+
+A slot serves one model name. :meth:`SlotManager.install` builds a new
+``InferenceSession`` off the event loop, runs it once on a synthetic input, checks that
+every tensor output is finite and only then swaps it in with one reference assignment
+(DESIGN.md section 2, "Hot-swap"). A request resolves its :class:`LoadedVersion` once, at
+its start, and runs on it to the end, so a swap never cancels or fails a request in flight.
+A version that fails to load or to pass its check is recorded in ``bad_versions`` and the
+slot keeps what it had.
+
+Deciding what to install (sync, sideload), reporting and HTTP are left to others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from edge_agent.tensors import TensorSpec, synthetic_input
+from shared.errors import ConflictError, InvalidInputError, NotFoundError, SkiffError
+from shared.metrics import Registry
+
+__all__ = [
+    "PLATFORM",
+    "HealthCheckError",
+    "InferenceError",
+    "LoadError",
+    "LoadedVersion",
+    "NotReadyError",
+    "Slot",
+    "SlotManager",
+]
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "onnxruntime_onnx"
+
+# (model, old serving version or None, new serving version)
+SwapHook = Callable[[str, str | None, str], None]
+# (model, request key) -> version to serve, or None for the serving one
+Router = Callable[[str, str | None], str | None]
+
+
+class LoadError(SkiffError):
+    """A model version does not load, or fails its warm-up run."""
+
+    code = "model_load_failed"
+    status = 500
+
+
+class HealthCheckError(LoadError):
+    """A model version loads but its warm-up output is not finite."""
+
+
+class NotReadyError(SkiffError):
+    """A model is known but has no version loaded to serve."""
+
+    code = "not_ready"
+    status = 503
+
+
+class InferenceError(SkiffError):
+    """A loaded model failed while running a request."""
+
+    code = "inference_failed"
+    status = 500
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One model version loaded in an onnxruntime session, ready to serve.
+
+    Immutable: a request holding one keeps a consistent session and signature whatever
+    the slot does meanwhile.
+    """
+
+    model: str
+    version: str
+    manifest_digest: str
+    session: onnxruntime.InferenceSession = field(repr=False, compare=False)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    loaded_at: datetime
+    platform: str = PLATFORM
+
+
+@dataclass
+class Slot:
+    """What one model name serves now and can roll back to.
+
+    Attributes:
+        serving: The version answering requests, or ``None`` (not ready).
+        previous: The version served before the last swap (kept for rollback).
+        bad_versions: Versions that failed to load or to pass the check, with the reason.
+    """
+
+    model: str
+    serving: LoadedVersion | None = None
+    previous: LoadedVersion | None = None
+    bad_versions: dict[str, str] = field(default_factory=dict)
+
+
+class SlotManager:
+    """Holds the device's model slots and runs inference on them.
+
+    Args:
+        inference_threads: Worker threads running ``session.run``; the event loop never
+            runs a model, so health and status answer while a slow model computes.
+        intra_op_threads: onnxruntime threads inside one run.
+        metrics: Registry for load, swap and inference metrics, if any.
+    """
+
+    def __init__(
+        self,
+        *,
+        inference_threads: int = 2,
+        intra_op_threads: int = 1,
+        metrics: Registry | None = None,
+    ) -> None:
+        if inference_threads < 1 or intra_op_threads < 1:
+            raise ValueError("inference_threads and intra_op_threads must be at least 1")
+        self._intra_op_threads = intra_op_threads
+        self._executor = ThreadPoolExecutor(inference_threads, thread_name_prefix="inference")
+        self._slots: dict[str, Slot] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._run_options = onnxruntime.RunOptions()
+        # Failed runs are reported as errors to the caller; onnxruntime need not print them.
+        self._run_options.log_severity_level = 4
+        self.on_swap: SwapHook | None = None
+        # The A/B seam: requests without a version go where this says (None: serving).
+        self.router: Router | None = None
+        self._metrics = _Metrics(metrics) if metrics is not None else None
+
+    @property
+    def slots(self) -> Mapping[str, Slot]:
+        """The slots by model name (read-only view)."""
+        return self._slots
+
+    def add(self, model: str) -> Slot:
+        """Declare a model this device should serve; its slot is not ready until installed."""
+        return self._slots.setdefault(model, Slot(model))
+
+    def all_serving(self) -> bool:
+        """Whether every declared slot has a version loaded."""
+        return all(slot.serving is not None for slot in self._slots.values())
+
+    async def install(
+        self, model: str, version: str, manifest_digest: str, model_path: Path
+    ) -> LoadedVersion:
+        """Load, warm up and health-check a version, then make it the one served.
+
+        Installing the version and digest already served does nothing.
+
+        Args:
+            model: The slot's model name (created if missing).
+            version: The version's semver.
+            manifest_digest: Digest of the signed manifest the file was verified against.
+            model_path: The verified ``.onnx`` file.
+
+        Raises:
+            HealthCheckError: An output of the warm-up run is NaN or infinite.
+            LoadError: The file does not load or the warm-up run fails. In both cases the
+                slot keeps serving what it served and records the version as bad.
+
+        Returns:
+            The version now served.
+        """
+        slot = self.add(model)
+        async with self._locks.setdefault(model, asyncio.Lock()):
+            served = slot.serving
+            if served and (served.version, served.manifest_digest) == (version, manifest_digest):
+                return served
+            try:
+                loaded = await asyncio.to_thread(
+                    self._load, model, version, manifest_digest, model_path
+                )
+            except LoadError as e:
+                slot.bad_versions[version] = str(e)
+                self._count_load(model, "failed")
+                logger.warning("Model %s version %s rejected: %s", model, version, e)
+                raise
+            slot.bad_versions.pop(version, None)
+            self._count_load(model, "ok")
+            self._swap(slot, loaded)
+            return loaded
+
+    async def rollback(self, model: str, *, reason: str | None = None) -> LoadedVersion:
+        """Serve the previous version again; the one it replaces becomes ``previous``.
+
+        Args:
+            model: The slot's model name.
+            reason: If given, the replaced version is also recorded as bad with it.
+
+        Raises:
+            NotFoundError: No slot for the model.
+            ConflictError: The slot has nothing to roll back to.
+
+        Returns:
+            The version now served.
+        """
+        slot = self._slot(model)
+        target, replaced = slot.previous, slot.serving
+        if target is None:
+            raise ConflictError(f"model {model} has no previous version to roll back to")
+        slot.serving, slot.previous = target, replaced
+        if replaced is not None and reason is not None:
+            slot.bad_versions[replaced.version] = reason
+        logger.info(
+            "Slot %s rolled back from %s to %s",
+            model,
+            replaced.version if replaced else None,
+            target.version,
+        )
+        self._notify(model, replaced.version if replaced else None, target.version)
+        return target
+
+    def remove(self, model: str) -> None:
+        """Forget a model's slot; requests already running on it finish normally."""
+        slot = self._slots.pop(model, None)
+        self._locks.pop(model, None)
+        if slot is not None:
+            logger.info("Slot %s removed", model)
+            evicted = [v for v in (slot.serving, slot.previous) if v is not None]
+            slot.serving = slot.previous = None
+            self._release_later(evicted)
+
+    def get(
+        self, model: str, version: str | None = None, *, key: str | None = None
+    ) -> LoadedVersion:
+        """Resolve what a request runs on; the caller keeps it to the end of the request.
+
+        Args:
+            model: The model name.
+            version: An explicit version: the serving or the previous one.
+            key: A request key for the router, when no version is given.
+
+        Raises:
+            NotFoundError: Unknown model, or that version is not loaded.
+            NotReadyError: The model's slot has nothing serving.
+        """
+        slot = self._slot(model)
+        serving = slot.serving
+        if version is None and self.router is not None:
+            version = self.router(model, key)
+            if version is None or version not in self.versions(model):
+                version = None
+        if version is None:
+            if serving is None:
+                raise NotReadyError(f"model {model} is not ready: no version is loaded")
+            return serving
+        for loaded in (serving, slot.previous):
+            if loaded is not None and loaded.version == version:
+                return loaded
+        raise NotFoundError(f"model {model} has no version {version} loaded")
+
+    def versions(self, model: str) -> list[str]:
+        """The versions of a model that requests may name: serving first, then previous."""
+        slot = self._slot(model)
+        return [v.version for v in (slot.serving, slot.previous) if v is not None]
+
+    async def infer(
+        self,
+        loaded: LoadedVersion,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run a model in the inference threads.
+
+        Args:
+            loaded: What :meth:`get` resolved at the start of the request.
+            inputs: Arrays by input name, already checked against ``loaded.inputs``.
+            output_names: Outputs to compute, or ``None`` for all of them.
+
+        Raises:
+            InvalidInputError: An unknown output is named, or onnxruntime rejects an input.
+            InferenceError: The model failed while running.
+
+        Returns:
+            Output values by name, in the order asked for (or the model's order).
+        """
+        known = [spec.name for spec in loaded.outputs]
+        names = known if output_names is None else output_names
+        for name in names:
+            if name not in known:
+                raise InvalidInputError(f"output {name}: the model has no such output")
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            values = await loop.run_in_executor(
+                self._executor, loaded.session.run, names, inputs, self._run_options
+            )
+        except Exception as e:
+            if self._metrics:
+                self._metrics.failures.inc(model=loaded.model, version=loaded.version)
+            if isinstance(e, InvalidArgument):
+                raise InvalidInputError(f"the model rejected the input: {e}") from e
+            logger.error("Model %s version %s failed: %s", loaded.model, loaded.version, e)
+            raise InferenceError(
+                f"model {loaded.model} version {loaded.version} failed: {e}"
+            ) from e
+        if self._metrics:
+            self._metrics.latency.observe(time.perf_counter() - started, model=loaded.model)
+        return dict(zip(names, values, strict=True))
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per slot: model, serving and previous versions, bad versions and load time."""
+        rows = []
+        for slot in self._slots.values():
+            serving, previous = slot.serving, slot.previous
+            rows.append(
+                {
+                    "model": slot.model,
+                    "serving": serving.version if serving else None,
+                    "manifest_digest": serving.manifest_digest if serving else None,
+                    "previous": previous.version if previous else None,
+                    "bad_versions": dict(slot.bad_versions),
+                    "loaded_at": serving.loaded_at.isoformat() if serving else None,
+                }
+            )
+        return rows
+
+    async def close(self) -> None:
+        """Drop every slot and stop the inference threads once running requests finish."""
+        evicted = [v for s in self._slots.values() for v in (s.serving, s.previous) if v]
+        self._slots.clear()
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(_release, evicted)
+
+    # Internals
+
+    def _slot(self, model: str) -> Slot:
+        slot = self._slots.get(model)
+        if slot is None:
+            raise NotFoundError(f"unknown model {model}")
+        return slot
+
+    def _swap(self, slot: Slot, new: LoadedVersion) -> None:
+        old, evicted = slot.serving, slot.previous
+        # The swap itself: requests that already resolved `old` finish on it.
+        slot.previous = old
+        slot.serving = new
+        logger.info(
+            "Slot %s now serves %s (previous %s)", slot.model, new.version, old and old.version
+        )
+        self._notify(slot.model, old.version if old else None, new.version)
+        if evicted is not None:
+            self._release_later([evicted])
+
+    def _release_later(self, evicted: list[LoadedVersion]) -> None:
+        # Hand the last references to a worker thread: freeing a session and collecting can
+        # take a while, and onnxruntime may not return all memory of a destroyed session.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop: nothing to keep responsive
+            _release(evicted)
+            return
+        loop.run_in_executor(None, _release, evicted).add_done_callback(_log_release_failure)
+
+    def _notify(self, model: str, old: str | None, new: str) -> None:
+        if self._metrics:
+            self._metrics.swaps.inc(model=model)
+        if self.on_swap is None:
+            return
+        try:
+            self.on_swap(model, old, new)
+        except Exception:
+            logger.exception("on_swap hook failed for model %s", model)
+
+    def _count_load(self, model: str, result: str) -> None:
+        if self._metrics:
+            self._metrics.loads.inc(model=model, result=result)
+
+    def _load(self, model: str, version: str, digest: str, path: Path) -> LoadedVersion:
+        """Build, warm up and check a session. Runs in a worker thread."""
+        label = f"model {model} version {version}"
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self._intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+            inputs = tuple(
+                TensorSpec.from_ort(a.name, a.type, a.shape) for a in session.get_inputs()
+            )
+            outputs = tuple(
+                TensorSpec.from_ort(a.name, a.type, a.shape) for a in session.get_outputs()
+            )
+        except Exception as e:
+            raise LoadError(f"{label} does not load: {e}") from e
+        inputs, results = self._warm_up(label, session, inputs)
+        for spec, value in zip(outputs, results, strict=True):
+            numeric = isinstance(value, np.ndarray) and value.dtype.kind in "fc"
+            if numeric and not np.isfinite(value).all():
+                raise HealthCheckError(
+                    f"{label} fails its health check: output {spec.name} is not finite"
+                )
+        return LoadedVersion(
+            model=model,
+            version=version,
+            manifest_digest=digest,
+            session=session,
+            inputs=inputs,
+            outputs=outputs,
+            loaded_at=datetime.now(UTC),
+            platform=PLATFORM,
+        )
+
+    def _warm_up(
+        self, label: str, session: onnxruntime.InferenceSession, inputs: tuple[TensorSpec, ...]
+    ) -> tuple[tuple[TensorSpec, ...], list[Any]]:
+        """Run once on zeros. Inputs reported with shape ``[]`` are tried as scalars, then
+        as rank 1: onnxruntime reports an undeclared shape as ``[]`` too, and one that
+        works at rank 1 is taken to have an unknown rank."""
+        first: Exception | None = None
+        for scalar in (True, False):
+            feed = {spec.name: synthetic_input(spec, scalar=scalar) for spec in inputs}
+            try:
+                results = session.run(None, feed, self._run_options)
+            except Exception as e:
+                first = first or e
+                if not any(spec.shape == () for spec in inputs):
+                    break
+                continue
+            if not scalar:
+                inputs = tuple(
+                    TensorSpec(s.name, s.datatype, None) if s.shape == () else s for s in inputs
+                )
+            return inputs, results
+        raise LoadError(f"{label} fails its warm-up run: {first}") from first
+
+
+class _Metrics:
+    def __init__(self, r: Registry) -> None:
+        self.loads = r.counter("skiff_edge_model_loads_total", "Model version loads by result.")
+        self.swaps = r.counter("skiff_edge_model_swaps_total", "Changes of the version served.")
+        self.failures = r.counter(
+            "skiff_edge_inference_failures_total", "Inference runs that raised."
+        )
+        self.latency = r.histogram("skiff_edge_inference_seconds", "Model run time.")
+
+
+def _signature(args: list[Any]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec.from_ort(a.name, a.type, a.shape) for a in args)
+
+
+def _release(evicted: list[LoadedVersion]) -> None:
+    evicted.clear()
+    gc.collect()
+
+
+def _log_release_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("Releasing an evicted session failed: %s", future.exception())
