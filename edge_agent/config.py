@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.errors import InvalidInputError
 from shared.names import validate_name
+from shared.tomlfile import render_toml as shared_render_toml
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +93,5 @@ class EdgeConfig:
 
 
 def render_toml(values: dict[str, Any]) -> str:
-    """An ``edge.toml`` for ``values`` (used by ``skiff device enroll``)."""
-    lines = ["# Skiff edge agent; see docs/configuration.md"]
-    for key, value in values.items():
-        if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int | float):
-            rendered = repr(value)
-        else:
-            rendered = json.dumps(str(value))  # a TOML basic string is a JSON string
-        lines.append(f"{key} = {rendered}")
-    return "\n".join(lines) + "\n"
+    """An ``edge.toml`` for ``values``."""
+    return shared_render_toml(values, header="Skiff edge agent; see docs/configuration.md")

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from central.cli import aliases, catalog, pull, push, quickstart, server, tokens
+from central.cli import aliases, catalog, fleets, pull, push, quickstart, server, tokens
 from central.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from shared import __version__
 from shared.errors import SkiffError
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = [_global_options(suppress=True)]
-    for module in (server, push, pull, catalog, aliases, tokens, quickstart):
+    for module in (server, push, pull, catalog, aliases, tokens, fleets, quickstart):
         module.register(sub, parents)
     return parser
 
