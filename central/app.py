@@ -59,12 +59,23 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         )
     store = SqliteStore(config.db_path, durability=config.durability)
     blob_store = LocalBlobStore(config.blob_dir)
-    await store.open()
-    await blob_store.open()
+    try:
+        await store.open()
+        await blob_store.open()
+        await _wire(app, store, blob_store)
+        yield
+    finally:
+        await blob_store.close()
+        await store.close()
+
+
+async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobStore) -> None:
+    """Build the services over the open stores and put them on the app."""
+    config = app[CONFIG]
     root = await store.get_root()
     if root is not None:
         await asyncio.to_thread(finish_rotation, config.key_dir, root)
-    signer = Signer.from_key_dir(config.key_dir)
+    signer = await asyncio.to_thread(Signer.from_key_dir, config.key_dir)
     blobs = BlobService(
         store, blob_store, level=config.zstd_level, max_upload=config.max_upload_bytes
     )
@@ -92,11 +103,6 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[SYNC] = sync
     await feed.start()
     await sync.start()
-    try:
-        yield
-    finally:
-        await blob_store.close()
-        await store.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

@@ -257,5 +257,16 @@ class Agent:
             "errors": list(self.errors),
         }
 
+    async def trusted_entries(self) -> dict[str, FileEntry]:
+        """Every file entry of the manifests the trusted fleet state names, by digest."""
+        entries: dict[str, FileEntry] = {}
+        state = self.trusted.fleet_state
+        for target in [] if state is None else state.models.values():
+            found = await self.cache.manifest(target.manifest_digest)
+            if found is not None:
+                for entry in Manifest.from_dict(found[0]["signed"]).files:
+                    entries[entry.digest] = entry
+        return entries
+
     def model_path(self, manifest_digest: str) -> Path:
         return self.cache.model_dir(manifest_digest)

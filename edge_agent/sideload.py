@@ -22,7 +22,8 @@ from watchfiles import awatch
 from edge_agent.agent import Agent, BlobSource, Update
 from edge_agent.downloads import import_blob
 from shared.bundle import BundleReader
-from shared.errors import RepositoryError, SkiffError
+from shared.errors import FormatError, LengthError, RepositoryError, SkiffError
+from shared.fleet import BlobVerifier
 from shared.manifest import FileEntry
 from shared.timeutil import format_time, utcnow
 
@@ -65,6 +66,30 @@ def _blob_source(reader: BundleReader, agent: Agent, fallback: BlobSource | None
             raise RepositoryError(f"bundle lacks blob {entry.digest} ({entry.path})")
 
     return fetch
+
+
+def verify_members(reader: BundleReader, entries: dict[str, FileEntry]) -> None:
+    """Check every blob the bundle carries against the signed entry naming it (blocking).
+
+    Even blobs the cache already holds are read, so a tampered bundle is reported as
+    such rather than silently "imported"; a blob that no trusted manifest names is
+    refused as well.
+
+    Raises:
+        RepositoryError: a blob is unnamed, too long, or does not match its entry.
+    """
+    for digest in sorted(reader.blob_digests()):
+        entry = entries.get(digest)
+        if entry is None:
+            raise FormatError(f"bundle holds blob {digest}, which no trusted manifest names")
+        f, size = reader.open_blob(digest)
+        with f:
+            if size != entry.zsize:
+                raise LengthError(f"blob {digest}: expected {entry.zsize} bytes, got {size}")
+            verifier = BlobVerifier(entry)
+            while chunk := f.read(1 << 20):
+                verifier.feed(chunk)
+            verifier.finish()
 
 
 class Sideloader:
@@ -111,6 +136,8 @@ class Sideloader:
                 state = await self._agent.accept(
                     update, _blob_source(reader, self._agent, self._fallback)
                 )
+                entries = await self._agent.trusted_entries()
+                await asyncio.to_thread(verify_members, reader, entries)
             finally:
                 await asyncio.to_thread(reader.close)
         except SkiffError as e:
