@@ -21,9 +21,9 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from central.cli import render
+from central.cli import quickstart_edge, render
 from central.cli.aliases import alias_history, rollback, set_alias
 from central.cli.catalog import list_models, list_versions
 from central.cli.client import RegistryClient
@@ -60,6 +60,7 @@ class Quickstart:
     client: RegistryClient | None = None
     token: str = ""
     models: dict[str, Path] = field(default_factory=dict)  # version -> pushed file
+    agent: Any = None  # the edge agent process, once enrolled
     cleanup: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @property
@@ -219,9 +220,14 @@ async def _next(qs: Quickstart) -> None:
         f"  skiff search \"name = '{MODEL}' and metrics.mae <= 0.005\"",
         f"  skiff stage set {MODEL}@1.1.0 training",
         f"  skiff pull {MODEL}@{ALIAS} -o ./{MODEL}",
+        f"  skiff fleet show {quickstart_edge.FLEET}",
     ]
+    if qs.agent is not None:
+        lines.append(f"  skiff edge status --url {qs.agent.url}")
     if not qs.keep_running:
-        lines.append("(central stops now: run 'skiff quickstart --keep-running' to try these)")
+        lines.append(
+            "(central and the agent stop now: run 'skiff quickstart --keep-running' to try these)"
+        )
     qs.out.text("\n".join(lines) + "\n")
 
 
@@ -235,6 +241,11 @@ STEPS: list[Step] = [
     Step("show the catalogue", _catalogue),
     Step(f"roll {ALIAS} back", _rollback),
     Step(f"pull and verify {MODEL}@1.1.0", _pull),
+    Step("create a fleet and enroll a device", quickstart_edge.enroll),
+    Step("start the edge agent: it syncs, verifies and serves 1.0.0", quickstart_edge.start_agent),
+    Step("infer on the device", quickstart_edge.infer_v1),
+    Step(f"move {ALIAS} to 1.1.0: the device hot-swaps", quickstart_edge.swap),
+    Step("infer again: answered by 1.1.0", quickstart_edge.infer_v2),
     Step("what to try next", _next),
 ]
 
