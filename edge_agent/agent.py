@@ -136,7 +136,10 @@ class Agent:
                 try:
                     new_state = self.trusted.update_fleet_state(update.fleet_state)
                 except EqualVersionError:
+                    # Nothing new, but a manifest that failed verification last time may
+                    # come right now (e.g. after a mix-and-match attack ends).
                     new_state = None
+                    await self._store_manifests(update)
                 else:
                     await self._store_manifests(update)
                     await self.cache.set_fleet_state(update.fleet_state)
@@ -150,10 +153,11 @@ class Agent:
         state = self.trusted.fleet_state
         assert state is not None
         for model, target in state.models.items():
+            if await self.cache.manifest(target.manifest_digest) is not None:
+                continue  # verified and stored before
             envelope = update.manifests.get(target.manifest_digest)
             if envelope is None:
-                if await self.cache.manifest(target.manifest_digest) is None:
-                    self.record_error(f"sync {model}", "manifest missing from the update")
+                self.record_error(f"sync {model}", "manifest missing from the update")
                 continue
             try:
                 manifest = self.trusted.verify_manifest(model, envelope)

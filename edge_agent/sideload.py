@@ -21,7 +21,7 @@ from watchfiles import awatch
 
 from edge_agent.agent import Agent, BlobSource, Update
 from edge_agent.downloads import import_blob
-from shared.bundle import BundleReader
+from shared.bundle import BundleReader, IncompleteBundleError
 from shared.errors import FormatError, LengthError, RepositoryError, SkiffError
 from shared.fleet import BlobVerifier
 from shared.manifest import FileEntry
@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 SUFFIX = ".skiff"
 SETTLE_SECONDS = 1.0  # a file must hold still this long before it is read
 MAX_SETTLE_CHECKS = 600
+# An incomplete bundle (a copy that paused) is waited for; one that stays incomplete and
+# unchanged this long is rejected.
+INCOMPLETE_GRACE_SECONDS = 300.0
 
 
 async def _settled(path: Path) -> bool:
@@ -108,12 +111,20 @@ class Sideloader:
         self._fallback = fallback
         self._max_json = max_json_bytes
         self.on_result: Callable[[Path, dict[str, Any]], None] | None = None
+        self._incomplete: dict[Path, tuple[tuple[int, int], float]] = {}
 
     async def run(self, stop_event: asyncio.Event | None = None) -> None:
         """Import what is already there, then watch for new bundles until cancelled."""
         await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
         await self.scan()
-        async for _changes in awatch(self.folder, stop_event=stop_event, recursive=False):
+        # rust_timeout: wake up now and then even without events, to revisit incomplete files
+        async for _changes in awatch(
+            self.folder,
+            stop_event=stop_event,
+            recursive=False,
+            rust_timeout=5_000,
+            yield_on_timeout=True,
+        ):
             await self.scan()
 
     async def scan(self) -> None:
@@ -127,6 +138,8 @@ class Sideloader:
     async def import_bundle(self, path: Path) -> dict[str, Any]:
         """Verify and install one bundle; move it aside with the result."""
         result: dict[str, Any] = {"bundle": path.name, "at": format_time(utcnow())}
+        if await self._still_incomplete(path):
+            return {"bundle": path.name, "outcome": "waiting"}
         try:
             reader = await asyncio.to_thread(BundleReader.open, path, max_json_bytes=self._max_json)
             try:
@@ -155,6 +168,27 @@ class Sideloader:
         if self.on_result is not None:
             self.on_result(path, result)
         return result
+
+    async def _still_incomplete(self, path: Path) -> bool:
+        """Whether ``path`` is a bundle cut short that may still be growing."""
+        try:
+            reader = await asyncio.to_thread(BundleReader.open, path, max_json_bytes=self._max_json)
+        except IncompleteBundleError as e:
+            st = await asyncio.to_thread(path.stat)
+            shape = (st.st_size, st.st_mtime_ns)
+            seen = self._incomplete.get(path)
+            now = asyncio.get_running_loop().time()
+            if seen is None or seen[0] != shape:
+                self._incomplete[path] = (shape, now)
+                logger.info("Bundle %s is incomplete (%s); waiting for the copy", path.name, e)
+                return True
+            return now - seen[1] < INCOMPLETE_GRACE_SECONDS
+        except SkiffError:
+            pass  # import_bundle reports it
+        else:
+            await asyncio.to_thread(reader.close)
+        self._incomplete.pop(path, None)
+        return False
 
     def _move_aside(self, path: Path, result: dict[str, Any]) -> None:
         target_dir = self.folder / ("imported" if result["outcome"] == "imported" else "rejected")

@@ -14,7 +14,7 @@ Deciding what to install (sync, sideload), reporting and HTTP are left to others
 from __future__ import annotations
 
 import asyncio
-import gc
+import ctypes
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -457,9 +457,26 @@ def _signature(args: list[Any]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec.from_ort(a.name, a.type, a.shape) for a in args)
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def _release(evicted: list[LoadedVersion]) -> None:
+    # Dropping the last references frees the session (no cycle holds it, so no full
+    # gc.collect(), which would hold the GIL and stall requests for tens of ms). glibc keeps
+    # freed arenas mapped; trimming hands a destroyed session's memory back to the system.
     evicted.clear()
-    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _log_release_failure(future: asyncio.Future[None]) -> None:

@@ -65,7 +65,7 @@ def write_bundle(
     fleet_state: Mapping[str, Any],
     manifests: Mapping[str, Mapping[str, Any]],
     metadata: Mapping[str, Mapping[str, Any]],
-    blobs: Sequence[tuple[str, Path]],
+    blobs: Sequence[tuple[str, Path | BinaryIO]],
 ) -> None:
     """Write a bundle to ``out`` as a stream (``out`` need not be seekable).
 
@@ -77,8 +77,9 @@ def write_bundle(
         fleet_state: The fleet state envelope.
         manifests: Manifest envelopes by manifest digest (``sha256:<hex>``).
         metadata: Metadata documents by manifest digest.
-        blobs: (uncompressed digest, path of the stored ``.zst`` file) pairs;
-            a digest given twice is written once.
+        blobs: (uncompressed digest, path of the stored ``.zst`` file, or a seekable
+            file of those bytes that the caller closes) pairs; a digest given twice is
+            written once.
 
     Raises:
         InvalidInputError: A digest is malformed or a root has no valid version.
@@ -96,16 +97,25 @@ def write_bundle(
     for digest, doc in sorted(metadata.items()):
         data = canonical_json(doc, allow_floats=True)
         members.append((f"metadata/{parse_digest(digest)}.json", data))
-    stored = {f"blobs/{parse_digest(d)}.zst": path for d, path in blobs}
+    stored = {f"blobs/{parse_digest(d)}.zst": src for d, src in blobs}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members:
             tar.addfile(_info(name, len(data)), io.BytesIO(data))
-        for name, path in sorted(stored.items()):
-            with open(path, "rb") as f:
-                tar.addfile(_info(name, os.fstat(f.fileno()).st_size), f)
+        for name in sorted(stored):
+            _add_blob(tar, name, stored[name])
     logger.info(
         "Wrote bundle of fleet %s: %d documents, %d blobs", fleet, len(members), len(stored)
     )
+
+
+def _add_blob(tar: tarfile.TarFile, name: str, src: Path | BinaryIO) -> None:
+    if isinstance(src, Path):
+        with open(src, "rb") as f:
+            tar.addfile(_info(name, os.fstat(f.fileno()).st_size), f)
+        return
+    size = src.seek(0, os.SEEK_END)
+    src.seek(0)
+    tar.addfile(_info(name, size), src)
 
 
 def _root_member(envelope: Mapping[str, Any]) -> tuple[int, str, bytes]:
@@ -166,6 +176,21 @@ class _MemberRaw(io.RawIOBase):
         return len(data)
 
 
+class IncompleteBundleError(FormatError):
+    """The file ends before the bundle does: most likely it is still being copied."""
+
+
+def _ends_with_archive_marker(f: BinaryIO, file_size: int) -> bool:
+    """Whether the file ends with the two zero blocks that close a tar archive."""
+    if file_size < 1024:
+        return False
+    position = f.tell()
+    f.seek(file_size - 1024)
+    tail = f.read(1024)
+    f.seek(position)
+    return tail == bytes(1024)
+
+
 class BundleReader:
     """Reads the members of one bundle by name. Nothing read is trusted.
 
@@ -187,6 +212,8 @@ class BundleReader:
             self._tar = tarfile.TarFile(fileobj=guard, mode="r")  # type: ignore[arg-type]
             self._members = self._scan(os.fstat(f.fileno()).st_size)
         except tarfile.TarError as e:
+            if not _ends_with_archive_marker(f, os.fstat(f.fileno()).st_size):
+                raise IncompleteBundleError(f"{name} ends in the middle of the archive") from e
             raise FormatError(f"{name} is not a readable tar file: {e}") from e
         guard.scanning = False
         self._index = self._read_index()
@@ -241,10 +268,12 @@ class BundleReader:
                     f"got {member.size}"
                 )
             if member.offset_data + member.size > file_size:
-                raise FormatError(f"bundle member {name} is truncated")
+                raise IncompleteBundleError(f"bundle member {name} is truncated")
             members[name] = member
         for required in (INDEX, FLEET_STATE):
             if required not in members:
+                if not _ends_with_archive_marker(self._f, file_size):
+                    raise IncompleteBundleError(f"bundle ends before its member {required}")
                 raise FormatError(f"bundle has no member {required}")
         return members
 

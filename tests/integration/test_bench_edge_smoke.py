@@ -23,6 +23,7 @@ FIGURES = {
     "a_install_vs_raw",
     "a_raw_download_only_s",
     "a_ort_session_load_s",
+    "a_install_vs_raw_plus_load",
     "a_model_mb",
     "a_stored_ratio",
     *(f"b_{who}_{what}" for who in ("agent", "bare") for what in ("req_per_s", "p50_ms", "p99_ms")),
@@ -41,6 +42,7 @@ FIGURES = {
     "total_duration_s",
 }
 COUNTS = {
+    "a_installs",
     "b_agent_failed_requests",
     "b_bare_failed_requests",
     "c_swaps",
@@ -74,6 +76,7 @@ def test_quick_run_reports_every_figure_as_a_positive_number() -> None:
     assert set(counts) == COUNTS
     for name, value in counts.items():
         assert isinstance(value, int) and value >= 0, (name, value)
+    assert counts["a_installs"] == 3
     assert counts["c_swaps"] == 5
     assert counts["d_swaps"] == 20
     ratios = {c["ratio_figure"] for c in report["comparisons"]}
