@@ -26,7 +26,7 @@ FIGURES = {
     *(
         f"{kind}_{pct}_ms"
         for kind in ("resolve_alias", "resolve_version_by_alias", "search_tag", "search_metric")
-        for pct in ("p50", "p99")
+        for pct in ("p50", "p99", "server_mean")
     ),
     "blob_upload_mb_per_s",
     "bare_upload_mb_per_s",
