@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -12,39 +13,60 @@ from aiohttp import web
 
 from central.api.keys import (
     ALIASES,
+    APPROVALS,
+    AUDIT,
     BLOBS,
     CHANGES,
+    COMPLIANCE,
     CONFIG,
+    DRIFT,
     FEED,
     FLEET_STATES,
     FLEETS,
     KEYS,
     METRICS,
     REGISTRY,
+    ROLLOUTS,
     SEARCH,
     STORE,
     SYNC,
+    TELEMETRY,
+    THROTTLE,
     TOKENS,
+    WEBHOOK_DELIVERY,
+    WEBHOOKS,
 )
 from central.api.middleware import authenticate, errors, observe
 from central.api.routes import setup_routes
+from central.api.throttle import AuthThrottle
 from central.config import CentralConfig
 from central.services.aliases import AliasService
+from central.services.approvals import ApprovalService
+from central.services.audit import AuditService, keep_checkpoints
 from central.services.blobs import BlobService
 from central.services.changes import ChangeService
+from central.services.compliance import ComplianceService
+from central.services.drift import DriftService, Thresholds, keep_checking
 from central.services.feed import ChangeFeed
 from central.services.fleets import FleetService
 from central.services.fleetstate import FleetStates, keep_fresh
 from central.services.keys import KeyService, finish_rotation
+from central.services.policy import load_policy
 from central.services.registry import RegistryService
+from central.services.rollouts import RolloutService
 from central.services.search import SearchService
 from central.services.signing import Signer
 from central.services.sync import SyncService
+from central.services.telemetry import TelemetryService
 from central.services.tokens import TokenService
+from central.services.webhook_delivery import WebhookDispatcher
+from central.services.webhooks import WebhookService
 from central.stores.blobs import LocalBlobStore
+from central.stores.encrypted import EncryptedBlobStore
+from central.stores.masterkey import MasterKey, load_master_key
 from central.stores.sqlite import SqliteStore
 from shared import logs
-from shared.errors import NotFoundError
+from shared.errors import InvalidInputError, NotFoundError
 from shared.metrics import Registry as MetricsRegistry
 from shared.systemd import sd_notify, watchdog
 
@@ -57,16 +79,36 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         raise NotFoundError(
             f"{config.data_dir} is not an initialised registry: run 'skiff central init' first"
         )
+    master = None
+    if config.encryption == "on":  # a missing key stops the start before anything is opened
+        master = await asyncio.to_thread(load_master_key, config.master_key_path, os.environ)
     store = SqliteStore(config.db_path, durability=config.durability)
-    blob_store = LocalBlobStore(config.blob_dir)
+    blob_store: LocalBlobStore | None = None
     try:
         await store.open()
+        blob_store = await _blob_store(config, store, master)
         await blob_store.open()
         await _wire(app, store, blob_store)
         yield
     finally:
-        await blob_store.close()
+        if blob_store is not None:
+            await blob_store.close()
         await store.close()
+
+
+async def _blob_store(
+    config: CentralConfig, store: SqliteStore, master: MasterKey | None
+) -> LocalBlobStore:
+    """The blob store the ``encryption`` setting chooses (docs/encryption.md)."""
+    if master is not None:
+        return EncryptedBlobStore(
+            config.blob_dir, store, master, segment_size=config.encryption_segment_bytes
+        )
+    if await store.blob_key_counts():
+        raise InvalidInputError(
+            'blob files here are encrypted at rest: set encryption = "on" and the master key'
+        )
+    return LocalBlobStore(config.blob_dir)
 
 
 async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobStore) -> None:
@@ -84,14 +126,29 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     sync = SyncService(store, feed)
     aliases = AliasService(store, states)
     feed.subscribe(aliases.on_change)
+    dispatcher = WebhookDispatcher(
+        store,
+        max_attempts=config.webhook_max_attempts,
+        timeout=config.webhook_timeout_seconds,
+        concurrency=config.webhook_concurrency,
+        metrics=app[METRICS],
+    )
+    feed.subscribe(dispatcher.on_change)
+    app[WEBHOOKS] = WebhookService(store)
+    app[WEBHOOK_DELIVERY] = dispatcher
     blobs.device_access = sync.may_download
     app[STORE] = store
     app[BLOBS] = blobs
     app[TOKENS] = TokenService(store)
+    feed.subscribe(app[TOKENS].on_change)
     app[REGISTRY] = RegistryService(
         store, blobs, signer, states, max_model_bytes=config.max_upload_bytes
     )
     app[ALIASES] = aliases
+    policy = await asyncio.to_thread(load_policy, config.policy_path)
+    compliance = ComplianceService(policy, store)
+    app[COMPLIANCE] = compliance
+    app[APPROVALS] = ApprovalService(store, app[REGISTRY], aliases, compliance)
     app[SEARCH] = SearchService(store)
     app[CHANGES] = ChangeService(store)
     app[FLEET_STATES] = states
@@ -101,6 +158,20 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     )
     app[FEED] = feed
     app[SYNC] = sync
+    app[TELEMETRY] = TelemetryService(store, sync)
+    app[DRIFT] = DriftService(
+        store,
+        Thresholds(
+            config.drift_psi_warn,
+            config.drift_psi_alert,
+            config.drift_ks_alert,
+            config.drift_min_samples,
+        ),
+        window_seconds=config.drift_window_seconds,
+    )
+    app[ROLLOUTS] = RolloutService(store, states, aliases)
+    app[AUDIT] = AuditService(store, signer)
+    await app[AUDIT].start()
     await feed.start()
     await sync.start()
 
@@ -113,6 +184,15 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             keep_fresh(app[STORE], app[FLEET_STATES], config.fleet_state_check_seconds),
             name="fleet-state-refresh",
         ),
+        asyncio.create_task(
+            keep_checkpoints(app[AUDIT], config.audit_checkpoint_seconds),
+            name="audit-checkpoints",
+        ),
+        asyncio.create_task(app[WEBHOOK_DELIVERY].run(), name="webhook-delivery"),
+        asyncio.create_task(
+            keep_checking(app[DRIFT], config.drift_check_seconds), name="drift-check"
+        ),
+        asyncio.create_task(app[ROLLOUTS].run(config.rollout_check_seconds), name="rollout-judge"),
     ]
     try:
         yield
@@ -122,6 +202,15 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await _final_checkpoint(app)
+
+
+async def _final_checkpoint(app: web.Application) -> None:
+    """Sign the head of the audit log on the way out, so a cut tail shows at once."""
+    try:
+        await app[AUDIT].checkpoint()
+    except Exception:
+        logger.exception("Signing the final audit checkpoint failed")
 
 
 async def _release_long_polls(app: web.Application) -> None:
@@ -135,6 +224,9 @@ def make_app(config: CentralConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = MetricsRegistry()
+    app[THROTTLE] = AuthThrottle(
+        limit=config.auth_failure_limit, window=config.auth_failure_window_seconds
+    )
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_release_long_polls)
@@ -150,11 +242,13 @@ async def serve(config: CentralConfig, stop: asyncio.Event) -> None:
         shutdown_timeout=config.shutdown_timeout_seconds,
         auto_decompress=False,  # blob uploads handle Content-Encoding: zstd themselves
     )
+    context = config.ssl_context()  # before setup: a bad certificate stops the start
     await runner.setup()
     host, port = config.host_port()
     try:
-        await web.TCPSite(runner, host, port).start()
-        logger.info("Central serving %s on http://%s:%d", config.data_dir, host, port)
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
+        scheme = "http" if context is None else "https"
+        logger.info("Central serving %s on %s://%s:%d", config.data_dir, scheme, host, port)
         sd_notify("READY=1")
         pinger = asyncio.create_task(watchdog(), name="watchdog")
         await stop.wait()

@@ -14,11 +14,13 @@ from typing import Any
 
 from central.domain import STAGES
 from shared.digest import is_digest
-from shared.errors import InvalidInputError
+from shared.drift import parse_reference
+from shared.errors import FormatError, InvalidInputError
 from shared.names import validate_name
 from shared.semver import SemVer
 
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+_MODEL_PATTERN = re.compile(r"^[a-z0-9._*?-]{1,128}$")  # a glob: same in fnmatch and GLOB
 _METADATA_SECTIONS = ("training", "provenance", "deployment", "extra")
 MAX_FILES = 10_000
 
@@ -69,9 +71,10 @@ def _metrics(value: Any) -> dict[str, float | int]:
 
 
 def parse_metadata(value: Any) -> dict[str, Any]:
-    """The four metadata sections, with metrics as numbers and params as strings."""
+    """The four metadata sections (metrics as numbers, params as strings), and an optional
+    ``reference`` distribution of the input features."""
     meta = _obj(value if value is not None else {}, "metadata")
-    _known(meta, set(_METADATA_SECTIONS), "metadata")
+    _known(meta, {*_METADATA_SECTIONS, "reference"}, "metadata")
     training = dict(_obj(meta.get("training", {}), "metadata.training"))
     params = {
         k: _str(v if isinstance(v, str) else str(v), f"param {k!r}", max_len=4096)
@@ -84,7 +87,21 @@ def parse_metadata(value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"training": training}
     for section in _METADATA_SECTIONS[1:]:
         out[section] = dict(_obj(meta.get(section, {}), f"metadata.{section}"))
+    if meta.get("reference") is not None:
+        out["reference"] = _reference(meta["reference"])
     return out
+
+
+def _reference(value: Any) -> dict[str, Any]:
+    """The binned reference distribution of the input features (docs/drift.md)."""
+    try:
+        features = parse_reference(value)
+    except FormatError as e:
+        raise InvalidInputError(f"metadata.reference: {e}") from e
+    return {
+        "features": {name: bins.to_dict() for name, bins in features.items()},
+        "rows": value["rows"],
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +215,12 @@ class CreateToken:
             not isinstance(models, list) or not all(isinstance(m, str) for m in models)
         ):
             raise InvalidInputError("models must be a list of model-name patterns")
+        if models is not None and (
+            not 1 <= len(models) <= 100 or not all(_MODEL_PATTERN.match(m) for m in models)
+        ):
+            raise InvalidInputError(
+                "models must hold 1 to 100 model-name patterns of [a-z0-9._-] with * and ?"
+            )
         return cls(
             name=_str(d.get("name"), "name", max_len=128),
             role=_str(d.get("role"), "role", max_len=32),

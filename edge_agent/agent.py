@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.cache import Cache
+from edge_agent.rollouts import AbRouter, Split
 from edge_agent.slots import LoadError, SlotManager
 from shared.errors import EqualVersionError, RepositoryError, SkiffError
 from shared.fleet import FleetState, TrustedState
 from shared.manifest import FileEntry, Manifest
+from shared.rollout import AB, CANARY, RolloutPlan, in_canary
 from shared.timeutil import format_time, utcnow
 from shared.trust import MAX_ROOT_ROTATIONS
 
@@ -54,15 +56,27 @@ class Agent:
     """Holds the device's trust, cache and slots, and applies verified updates."""
 
     def __init__(
-        self, *, fleet: str, root_envelope: Mapping[str, Any], cache: Cache, slots: SlotManager
+        self,
+        *,
+        fleet: str,
+        root_envelope: Mapping[str, Any],
+        cache: Cache,
+        slots: SlotManager,
+        device_id: str = "",
     ) -> None:
         self.cache = cache
         self.slots = slots
+        self.device_id = device_id
+        self.router = AbRouter()
+        slots.router = self.router
+        slots.key_header = self.router.key_header
         self.trusted = TrustedState(root_envelope, fleet=fleet, reference_time=utcnow())
         self.errors: deque[dict[str, str]] = deque(maxlen=MAX_ERRORS)
         self.started = False
         self._lock = asyncio.Lock()
         self.on_change: Callable[[], None] | None = None  # e.g. send a report soon
+        # a version was loaded into its slot: (model, version, its metadata document)
+        self.on_loaded: Callable[[str, str, dict[str, Any]], None] | None = None
 
     def record_error(self, where: str, error: BaseException | str) -> None:
         message = str(error)
@@ -101,6 +115,15 @@ class Agent:
                 await self._load(model, serving)
             except (SkiffError, OSError) as e:
                 self.record_error(f"restore {model}", e)
+        state = self.trusted.fleet_state
+        if state is not None:
+            for model, target in state.models.items():
+                if model in state.rollouts:  # keep following the last verified plan, offline
+                    await self._follow_split(model, target.version, self._cached_only)
+
+    async def _cached_only(self, entry: FileEntry) -> None:
+        if not await self.cache.has_blob(entry.digest):
+            raise RepositoryError(f"blob {entry.digest} is not cached")
 
     async def _load(self, model: str, manifest_digest: str) -> None:
         found = await self.cache.manifest(manifest_digest)
@@ -114,6 +137,8 @@ class Agent:
         await self.slots.install(
             model, manifest.version, manifest_digest, model_dir / _main_file(manifest)
         )
+        if self.on_loaded is not None:
+            self.on_loaded(model, manifest.version, found[1])
 
     # apply an update
 
@@ -152,25 +177,53 @@ class Agent:
     async def _store_manifests(self, update: Update) -> None:
         state = self.trusted.fleet_state
         assert state is not None
-        for model, target in state.models.items():
-            if await self.cache.manifest(target.manifest_digest) is not None:
+        wanted = [(m, t.version, t.manifest_digest, False) for m, t in state.models.items()]
+        for model in state.rollouts:
+            plan = self._plan(model)
+            if plan is not None:
+                wanted.append((model, plan.candidate_version, plan.candidate_digest, True))
+        for model, version, digest, candidate in wanted:
+            if await self.cache.manifest(digest) is not None:
                 continue  # verified and stored before
-            envelope = update.manifests.get(target.manifest_digest)
+            envelope = update.manifests.get(digest)
             if envelope is None:
-                self.record_error(f"sync {model}", "manifest missing from the update")
+                self.record_error(f"sync {model}@{version}", "manifest missing from the update")
                 continue
             try:
-                manifest = self.trusted.verify_manifest(model, envelope)
-                document = update.metadata.get(target.manifest_digest)
+                verify = (
+                    self.trusted.verify_candidate_manifest
+                    if candidate
+                    else self.trusted.verify_manifest
+                )
+                manifest = verify(model, envelope)
+                document = update.metadata.get(digest)
                 if not isinstance(document, Mapping):
-                    raise RepositoryError(f"metadata of {model}@{target.version} is missing")
+                    raise RepositoryError(f"metadata of {model}@{version} is missing")
                 self.trusted.verify_metadata(manifest, document)
             except RepositoryError as e:
-                self.record_error(f"verify {model}@{target.version}", e)
+                self.record_error(f"verify {model}@{version}", e)
                 continue
-            await self.cache.put_manifest(
-                target.manifest_digest, model, target.version, dict(envelope), dict(document)
-            )
+            await self.cache.put_manifest(digest, model, version, dict(envelope), dict(document))
+
+    def _plan(self, model: str) -> RolloutPlan | None:
+        """The trusted rollout plan of ``model``, if any."""
+        state = self.trusted.fleet_state
+        raw = None if state is None else state.rollouts.get(model)
+        if raw is None:
+            return None
+        try:
+            return RolloutPlan.from_dict(raw)
+        except RepositoryError as e:
+            self.record_error(f"rollout {model}", e)
+            return None
+
+    def _desired(self, model: str, version: str, digest: str) -> tuple[str, str]:
+        """What this device should serve for ``model``: a canary member serves the candidate."""
+        plan = self._plan(model)
+        member = plan is not None and plan.strategy == CANARY
+        if plan is not None and member and in_canary(plan.id, self.device_id, plan.percent):
+            return plan.candidate_version, plan.candidate_digest
+        return version, digest
 
     async def install_pending(self, fetch: BlobSource) -> None:
         """Retry installing whatever the trusted state names and is not served yet."""
@@ -183,10 +236,11 @@ class Agent:
         if state is None:
             return False
         for model, target in state.models.items():
+            version, digest = self._desired(model, target.version, target.manifest_digest)
             slot = self.slots.slots.get(model)
             serving = None if slot is None else slot.serving
-            installed = serving is not None and serving.manifest_digest == target.manifest_digest
-            known_bad = slot is not None and target.version in slot.bad_versions
+            installed = serving is not None and serving.manifest_digest == digest
+            known_bad = slot is not None and version in slot.bad_versions
             if not installed and not known_bad:
                 return True
         return False
@@ -196,54 +250,112 @@ class Agent:
         if state is None:
             return
         for model, target in state.models.items():
+            version, digest = self._desired(model, target.version, target.manifest_digest)
+            if await self.cache.is_bad(digest):  # a canary candidate that failed: baseline
+                version, digest = target.version, target.manifest_digest
             slot = self.slots.slots.get(model)
-            if slot and slot.serving and slot.serving.manifest_digest == target.manifest_digest:
-                continue
-            if await self.cache.is_bad(target.manifest_digest):
-                continue
-            await self._install(model, target.version, target.manifest_digest, fetch)
+            serving = None if slot is None else slot.serving
+            if (serving is None or serving.manifest_digest != digest) and not (
+                await self.cache.is_bad(digest)
+            ):
+                await self._install(model, version, digest, fetch)
+            await self._follow_split(model, target.version, fetch)
         for model in [m for m in self.slots.slots if m not in state.models]:
+            self.router.splits.pop(model, None)
             self.slots.remove(model)
             await self.cache.set_slot(model, None, None)
             logger.info("Model %s is no longer assigned; slot removed", model)
         await self._evict()
 
-    async def _install(self, model: str, version: str, digest: str, fetch: BlobSource) -> None:
+    async def _follow_split(self, model: str, baseline: str, fetch: BlobSource) -> None:
+        """Load an A/B plan's candidate beside the baseline and route to it; or undo that."""
+        plan = self._plan(model)
+        if plan is None or plan.strategy != AB or await self.cache.is_bad(plan.candidate_digest):
+            if self.router.splits.pop(model, None) is not None:
+                logger.info("A/B split of %s ended", model)
+            self.slots.drop_variants(model)
+            return
+        slot = self.slots.slots.get(model)
+        loaded = None if slot is None else slot.variants.get(plan.candidate_version)
+        if loaded is None or loaded.manifest_digest != plan.candidate_digest:
+            path = await self._fetch_files(
+                model, plan.candidate_version, plan.candidate_digest, fetch
+            )
+            if path is None:
+                return
+            try:
+                await self.slots.load_variant(
+                    model, plan.candidate_version, plan.candidate_digest, path
+                )
+            except LoadError as e:
+                await self.cache.mark_bad(
+                    model, plan.candidate_version, plan.candidate_digest, str(e)
+                )
+                self.record_error(f"load {model}@{plan.candidate_version}", e)
+                return
+            await self._loaded(model, plan.candidate_version, plan.candidate_digest)
+        self.router.splits[model] = Split(plan, baseline)
+        self.slots.drop_variants(model, keep=frozenset({plan.candidate_version}))
+        logger.info("A/B split of %s: %d%% to %s", model, plan.percent, plan.candidate_version)
+
+    async def _fetch_files(
+        self, model: str, version: str, digest: str, fetch: BlobSource
+    ) -> Path | None:
+        """Fetch and verify a version's blobs; the path of its model file (None on failure)."""
         found = await self.cache.manifest(digest)
         if found is None:
-            return  # its manifest failed verification; already recorded
+            return None  # its manifest failed verification; already recorded
         manifest = Manifest.from_dict(found[0]["signed"])
         try:
             for entry in manifest.files:
                 await fetch(entry)
         except RepositoryError as e:
             self.record_error(f"download {model}@{version}", e)
+            return None
+        model_dir = await self.cache.materialise(digest, manifest.files)
+        try:
+            return model_dir / _main_file(manifest)
+        except LoadError as e:
+            await self.cache.mark_bad(model, version, digest, str(e))
+            self.record_error(f"load {model}@{version}", e)
+            return None
+
+    async def _loaded(self, model: str, version: str, digest: str) -> None:
+        found = await self.cache.manifest(digest)
+        if self.on_loaded is not None and found is not None:
+            self.on_loaded(model, version, found[1])
+        await self.cache.touch(digest)
+
+    async def _install(self, model: str, version: str, digest: str, fetch: BlobSource) -> None:
+        path = await self._fetch_files(model, version, digest, fetch)
+        if path is None:
             return
         slot = self.slots.add(model)
         before = slot.serving
         try:
-            model_dir = await self.cache.materialise(digest, manifest.files)
-            await self.slots.install(model, version, digest, model_dir / _main_file(manifest))
+            await self.slots.install(model, version, digest, path)
         except LoadError as e:
             await self.cache.mark_bad(model, version, digest, str(e))
             self.record_error(f"load {model}@{version}", e)
             return
+        await self._loaded(model, version, digest)
         previous = None if before is None else before.manifest_digest
         await self.cache.set_slot(model, digest, previous)
-        await self.cache.touch(digest)
         logger.info("Slot %s now serves %s", model, version)
 
     async def _evict(self) -> None:
         protected: set[str] = set()
         for slot in self.slots.slots.values():
-            for loaded in (slot.serving, slot.previous):
-                if loaded is not None:
-                    protected.add(loaded.manifest_digest)
+            protected.update(loaded.manifest_digest for loaded in slot.loaded())
         for serving, previous in (await self.cache.slots()).values():
             protected.update(d for d in (serving, previous) if d)
         state = self.trusted.fleet_state
         if state is not None:
             protected.update(t.manifest_digest for t in state.models.values())
+            for model in state.rollouts:
+                plan = self._plan(model)
+                if plan is not None:
+                    protected.add(plan.candidate_digest)
         await self.cache.evict(protected)
 
     # what the device reports

@@ -203,6 +203,37 @@ class Cache:
         self._clock += 1
         return self._clock
 
+    # -- telemetry outbox ---------------------------------------------------------------------
+
+    async def add_telemetry(self, batch_id: str, body: Mapping[str, Any], max_batches: int) -> int:
+        """Queue a telemetry batch; drop the oldest beyond ``max_batches``; the number dropped."""
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO telemetry_outbox (batch_id, created_at, body)"
+                " VALUES (?, ?, ?)",
+                (batch_id, format_time(utcnow()), json.dumps(dict(body), separators=(",", ":"))),
+            )
+            async with db.execute(
+                "DELETE FROM telemetry_outbox WHERE id NOT IN"
+                " (SELECT id FROM telemetry_outbox ORDER BY id DESC LIMIT ?)",
+                (max_batches,),
+            ) as cur:
+                return max(cur.rowcount, 0)
+
+    async def telemetry_batches(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest queued batches, with their row ids."""
+        rows = await self._all(
+            "SELECT id, body FROM telemetry_outbox ORDER BY id LIMIT ?", (limit,)
+        )
+        return [(int(r["id"]), dict(json.loads(r["body"]))) for r in rows]
+
+    async def delete_telemetry(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        async with self._tx() as db:
+            await db.execute(f"DELETE FROM telemetry_outbox WHERE id IN ({marks})", list(ids))
+
     # -- trusted metadata -------------------------------------------------------------------
 
     async def roots(self) -> list[dict[str, Any]]:

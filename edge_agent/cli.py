@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -28,15 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status_url(args: argparse.Namespace) -> str:
+def _status_url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
     if args.url:
-        return str(args.url).rstrip("/")
+        return str(args.url).rstrip("/"), None
     if args.config:
         from edge_agent.config import EdgeConfig
 
-        host, port = EdgeConfig.load(args.config).host_port()
-        return f"http://{host}:{port}"
-    return "http://127.0.0.1:8500"
+        config = EdgeConfig.load(args.config)
+        host, port = config.host_port()
+        if config.tls_cert_file is None:
+            return f"http://{host}:{port}", None
+        # our own agent: trust exactly the certificate its configuration names
+        context = ssl.create_default_context(cafile=str(config.tls_cert_file))
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+        return f"https://{host}:{port}", context
+    return "http://127.0.0.1:8500", None
 
 
 def _print_status(body: dict[str, Any]) -> None:
@@ -62,9 +70,10 @@ def _print_status(body: dict[str, Any]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    url = _status_url(args) + "/skiff/status"
+    base, context = _status_url(args)
+    url = base + "/skiff/status"
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - our own agent
+        with urllib.request.urlopen(url, timeout=10, context=context) as resp:  # noqa: S310
             body = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError) as e:
         print(f"skiff: error: cannot reach the edge agent at {url}: {e}", file=sys.stderr)

@@ -12,9 +12,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import InvalidInputError
 from shared.names import validate_name
+from shared.tls import check_plaintext
 from shared.tomlfile import render_toml as shared_render_toml
 
 
@@ -39,8 +41,13 @@ class EdgeConfig:
     max_metadata_bytes: int = 16 * 1024**2  # largest sync answer or JSON document read
     max_request_bytes: int = 64 * 1024**2  # largest inference request body
     inference_threads: int = 2
+    telemetry_interval_seconds: float = 10.0  # how often statistics are batched and uploaded
+    telemetry_outbox_max_batches: int = 10_000  # oldest batches dropped (and counted) beyond
     log_level: str = "info"
     ca_file: Path | None = None  # CA bundle to verify central's TLS certificate
+    tls_cert_file: Path | None = None  # PEM certificate; with tls_key_file, inference over HTTPS
+    tls_key_file: Path | None = None  # PEM private key of tls_cert_file
+    allow_plaintext: bool = False  # plain HTTP to or on non-loopback addresses
 
     def __post_init__(self) -> None:
         validate_name(self.device_id, "device id")
@@ -50,7 +57,21 @@ class EdgeConfig:
         if self.cache_budget_bytes <= 0:
             raise InvalidInputError("cache_budget_bytes must be positive")
         self.root_envelope()
-        self.host_port()
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise InvalidInputError("tls_cert_file and tls_key_file must be set together")
+        url = urlsplit(self.central_url)
+        check_plaintext(
+            "to central at",
+            url.hostname or "",
+            tls=url.scheme == "https",
+            allow_plaintext=self.allow_plaintext,
+        )
+        check_plaintext(
+            "on",
+            self.host_port()[0],
+            tls=self.tls_cert_file is not None,
+            allow_plaintext=self.allow_plaintext,
+        )
 
     def root_envelope(self) -> dict[str, Any]:
         try:
@@ -83,7 +104,7 @@ class EdgeConfig:
         if unknown:
             raise InvalidInputError(f"{path}: unknown settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("data_dir", "sideload_dir", "ca_file"):
+        for key in ("data_dir", "sideload_dir", "ca_file", "tls_cert_file", "tls_key_file"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         missing = {"central_url", "device_id", "token", "fleet", "trusted_root"} - set(values)

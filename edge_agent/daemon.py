@@ -26,9 +26,11 @@ from edge_agent.inference_api import setup_inference_routes
 from edge_agent.sideload import Sideloader
 from edge_agent.slots import SlotManager
 from edge_agent.sync import SyncClient
+from edge_agent.telemetry import TelemetryRecorder
 from shared import logs
 from shared.metrics import Registry as MetricsRegistry
 from shared.systemd import sd_notify, watchdog
+from shared.tls import client_context, server_context
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _connector(config: EdgeConfig) -> aiohttp.TCPConnector:
     if config.ca_file is not None:
-        return aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(config.ca_file)))
+        return aiohttp.TCPConnector(ssl=client_context(config.ca_file))
     return aiohttp.TCPConnector()
+
+
+def _server_context(config: EdgeConfig) -> ssl.SSLContext | None:
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    return server_context(config.tls_cert_file, config.tls_key_file)
 
 
 async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
@@ -83,8 +91,15 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     cache = await Cache.open(config.data_dir, budget_bytes=config.cache_budget_bytes)
     slots = SlotManager(inference_threads=config.inference_threads, metrics=registry)
     agent = Agent(
-        fleet=config.fleet, root_envelope=config.root_envelope(), cache=cache, slots=slots
+        fleet=config.fleet,
+        root_envelope=config.root_envelope(),
+        cache=cache,
+        slots=slots,
+        device_id=config.device_id,
     )
+    telemetry = TelemetryRecorder(cache, max_batches=config.telemetry_outbox_max_batches)
+    slots.observer = telemetry.observe
+    agent.on_loaded = telemetry.set_reference
     await agent.restore()
     session = aiohttp.ClientSession(connector=_connector(config))
     fetcher = Fetcher(
@@ -102,11 +117,13 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
     await runner.setup()
     host, port = config.host_port()
-    await web.TCPSite(runner, host, port).start()
+    context = _server_context(config)
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
     agent.started = True
     logger.info(
-        "Edge agent %s serving on http://%s:%d (fleet %s)",
+        "Edge agent %s serving on %s://%s:%d (fleet %s)",
         config.device_id,
+        "http" if context is None else "https",
         host,
         port,
         config.fleet,
@@ -117,6 +134,10 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(sync.run(), name="sync"),
         asyncio.create_task(sync.report_loop(), name="report"),
+        asyncio.create_task(
+            telemetry.run(fetcher, config.device_id, config.telemetry_interval_seconds),
+            name="telemetry",
+        ),
         asyncio.create_task(sideloader.run(stop), name="sideload"),
         asyncio.create_task(watchdog(), name="watchdog"),
     ]

@@ -178,7 +178,10 @@ class _InferenceApi:
         return web.Response(body=body, content_type="application/json")
 
     def _resolve(self, request: web.Request) -> LoadedVersion:
-        return self.slots.get(request.match_info["name"], request.match_info.get("version"))
+        name = request.match_info["name"]
+        header = self.slots.key_header(name) if self.slots.key_header is not None else None
+        key = request.headers.get(header) if header else None
+        return self.slots.get(name, request.match_info.get("version"), key=key)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.max_body_bytes

@@ -104,12 +104,19 @@ class Slot:
         serving: The version answering requests, or ``None`` (not ready).
         previous: The version served before the last swap (kept for rollback).
         bad_versions: Versions that failed to load or to pass the check, with the reason.
+        variants: Versions loaded beside the served one (an A/B candidate), by version.
     """
 
     model: str
     serving: LoadedVersion | None = None
     previous: LoadedVersion | None = None
     bad_versions: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, LoadedVersion] = field(default_factory=dict)
+
+    def loaded(self) -> list[LoadedVersion]:
+        """Every loaded version: serving, previous, then variants."""
+        found = [v for v in (self.serving, self.previous) if v is not None]
+        return found + [v for v in self.variants.values() if v not in found]
 
 
 class SlotManager:
@@ -141,6 +148,15 @@ class SlotManager:
         self.on_swap: SwapHook | None = None
         # The A/B seam: requests without a version go where this says (None: serving).
         self.router: Router | None = None
+        # The request header whose value keys the router, per model (A/B stickiness).
+        self.key_header: Callable[[str], str | None] | None = None
+        # Told of every inference (version, seconds, ok, outputs): memory-only work.
+        self.observer: (
+            Callable[
+                [LoadedVersion, float, bool, dict[str, Any] | None, dict[str, np.ndarray]], None
+            ]
+            | None
+        ) = None
         self._metrics = _Metrics(metrics) if metrics is not None else None
 
     @property
@@ -196,6 +212,52 @@ class SlotManager:
             self._swap(slot, loaded)
             return loaded
 
+    async def load_variant(
+        self, model: str, version: str, manifest_digest: str, model_path: Path
+    ) -> LoadedVersion:
+        """Load a version beside the served one (an A/B candidate), checked like an install.
+
+        Requests reach it when they name it or when the router sends them to it.
+
+        Raises:
+            LoadError: As for :meth:`install`; the slot is unchanged.
+        """
+        slot = self.add(model)
+        async with self._locks.setdefault(model, asyncio.Lock()):
+            for loaded in slot.loaded():
+                if (loaded.version, loaded.manifest_digest) == (version, manifest_digest):
+                    slot.variants[version] = loaded
+                    return loaded
+            try:
+                loaded = await asyncio.to_thread(
+                    self._load, model, version, manifest_digest, model_path
+                )
+            except LoadError as e:
+                slot.bad_versions[version] = str(e)
+                self._count_load(model, "failed")
+                raise
+            old = slot.variants.get(version)
+            slot.variants[version] = loaded
+            if old is not None:
+                self._release_later([old])
+            logger.info(
+                "Slot %s loaded variant %s beside %s",
+                model,
+                version,
+                slot.serving and slot.serving.version,
+            )
+            return loaded
+
+    def drop_variants(self, model: str, keep: frozenset[str] = frozenset()) -> None:
+        """Unload the variants of a model but those in ``keep``."""
+        slot = self._slots.get(model)
+        if slot is None:
+            return
+        gone = [v for version, v in slot.variants.items() if version not in keep]
+        slot.variants = {k: v for k, v in slot.variants.items() if k in keep}
+        still = {id(v) for v in (slot.serving, slot.previous) if v is not None}
+        self._release_later([v for v in gone if id(v) not in still])
+
     async def rollback(self, model: str, *, reason: str | None = None) -> LoadedVersion:
         """Serve the previous version again; the one it replaces becomes ``previous``.
 
@@ -232,8 +294,9 @@ class SlotManager:
         self._locks.pop(model, None)
         if slot is not None:
             logger.info("Slot %s removed", model)
-            evicted = [v for v in (slot.serving, slot.previous) if v is not None]
+            evicted = slot.loaded()
             slot.serving = slot.previous = None
+            slot.variants = {}
             self._release_later(evicted)
 
     def get(
@@ -260,15 +323,14 @@ class SlotManager:
             if serving is None:
                 raise NotReadyError(f"model {model} is not ready: no version is loaded")
             return serving
-        for loaded in (serving, slot.previous):
-            if loaded is not None and loaded.version == version:
+        for loaded in slot.loaded():
+            if loaded.version == version:
                 return loaded
         raise NotFoundError(f"model {model} has no version {version} loaded")
 
     def versions(self, model: str) -> list[str]:
         """The versions of a model that requests may name: serving first, then previous."""
-        slot = self._slot(model)
-        return [v.version for v in (slot.serving, slot.previous) if v is not None]
+        return [v.version for v in self._slot(model).loaded()]
 
     async def infer(
         self,
@@ -302,6 +364,8 @@ class SlotManager:
                 self._executor, loaded.session.run, names, inputs, self._run_options
             )
         except Exception as e:
+            if self.observer is not None:
+                self.observer(loaded, time.perf_counter() - started, False, None, inputs)
             if self._metrics:
                 self._metrics.failures.inc(model=loaded.model, version=loaded.version)
             if isinstance(e, InvalidArgument):
@@ -310,9 +374,13 @@ class SlotManager:
             raise InferenceError(
                 f"model {loaded.model} version {loaded.version} failed: {e}"
             ) from e
+        elapsed = time.perf_counter() - started
         if self._metrics:
-            self._metrics.latency.observe(time.perf_counter() - started, model=loaded.model)
-        return dict(zip(names, values, strict=True))
+            self._metrics.latency.observe(elapsed, model=loaded.model)
+        outputs = dict(zip(names, values, strict=True))
+        if self.observer is not None:
+            self.observer(loaded, elapsed, True, outputs, inputs)
+        return outputs
 
     def status(self) -> list[dict[str, Any]]:
         """Per slot: model, serving and previous versions, bad versions and load time."""
@@ -326,6 +394,7 @@ class SlotManager:
                     "manifest_digest": serving.manifest_digest if serving else None,
                     "previous": previous.version if previous else None,
                     "bad_versions": dict(slot.bad_versions),
+                    "variants": sorted(slot.variants),
                     "loaded_at": serving.loaded_at.isoformat() if serving else None,
                 }
             )
@@ -333,7 +402,7 @@ class SlotManager:
 
     async def close(self) -> None:
         """Drop every slot and stop the inference threads once running requests finish."""
-        evicted = [v for s in self._slots.values() for v in (s.serving, s.previous) if v]
+        evicted = [v for s in self._slots.values() for v in s.loaded()]
         self._slots.clear()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         await asyncio.to_thread(_release, evicted)

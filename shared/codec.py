@@ -153,8 +153,12 @@ def compress_file(src: Path, dst: Path, level: int = DEFAULT_LEVEL) -> Compresse
     return CompressedInfo(raw.digest, raw.nbytes, packed.digest, packed.nbytes)
 
 
-def decompress_file(src: Path, dst: Path, *, expected_digest: str, max_size: int) -> None:
-    """Decompress ``src`` into ``dst``, which appears only if its digest matches.
+def decompress_file(
+    src: Path | BinaryIO, dst: Path, *, expected_digest: str, max_size: int
+) -> None:
+    """Decompress ``src`` (a path, or an open file the caller closes) into ``dst``.
+
+    ``dst`` appears only if its digest matches.
 
     Raises:
         InvalidInputError: ``expected_digest`` is malformed.
@@ -163,8 +167,16 @@ def decompress_file(src: Path, dst: Path, *, expected_digest: str, max_size: int
         DigestMismatchError: The content does not hash to ``expected_digest``.
     """
     parse_digest(expected_digest)
+    if isinstance(src, Path):
+        with open(src, "rb") as f:
+            _decompress_to(f, dst, expected_digest, max_size)
+    else:
+        _decompress_to(src, dst, expected_digest, max_size)
+
+
+def _decompress_to(f: BinaryIO, dst: Path, expected_digest: str, max_size: int) -> None:
     dec, hasher = BoundedDecompressor(max_size), Hasher()
-    with open(src, "rb") as f, atomic_writer(dst) as out:
+    with atomic_writer(dst) as out:
         while chunk := f.read(CHUNK_SIZE):
             _write(out, hasher, dec.decompress(chunk))
         dec.finish()

@@ -15,6 +15,7 @@ from types import MappingProxyType
 __all__ = [
     "BadSignatureError",
     "ConflictError",
+    "DecryptionError",
     "DigestMismatchError",
     "DownloadError",
     "DownloadHTTPError",
@@ -26,12 +27,15 @@ __all__ = [
     "LengthError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PolicyViolationError",
     "RangeNotSatisfiableError",
     "RepositoryError",
     "RollbackError",
     "SkiffError",
+    "TooManyRequestsError",
     "UnauthenticatedError",
     "UnsignedError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -42,6 +46,8 @@ class SkiffError(Exception):
     status: int = 500
     # Extra HTTP response headers, set by a handler on an instance (e.g. Content-Range on 416).
     headers: Mapping[str, str] = MappingProxyType({})
+    # Extra members of the rendered error object (e.g. the fields a policy found missing).
+    details: Mapping[str, object] = MappingProxyType({})
 
 
 # Verification failures: untrusted input that must not be accepted.
@@ -84,6 +90,16 @@ class DigestMismatchError(RepositoryError):
 
 class LengthError(RepositoryError):
     """More or fewer bytes than the signed size allows."""
+
+
+class DecryptionError(RepositoryError):
+    """Encrypted bytes at rest failed authentication: tampered, truncated, moved or wrong key.
+
+    Raised while reading our own storage, so the API renders it as a server fault.
+    """
+
+    code = "integrity_failed"
+    status = 500
 
 
 # Transport failures: safe to retry later.
@@ -146,11 +162,35 @@ class ConflictError(SkiffError):
     status = 409
 
 
+class PolicyViolationError(ConflictError):
+    """A transition breaks the compliance policy; ``details["missing"]`` lists why."""
+
+    code = "policy_violation"
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.details = MappingProxyType({"missing": list(missing)})
+
+
 class PayloadTooLargeError(SkiffError):
     """A request body exceeds its limit."""
 
     code = "too_large"
     status = 413
+
+
+class TooManyRequestsError(SkiffError):
+    """The client must wait (``Retry-After``) before trying again."""
+
+    code = "too_many_requests"
+    status = 429
+
+
+class UnsupportedMediaTypeError(SkiffError):
+    """A request body is declared with a media type the route does not take."""
+
+    code = "unsupported_media_type"
+    status = 415
 
 
 class RangeNotSatisfiableError(SkiffError):

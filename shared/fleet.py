@@ -40,6 +40,7 @@ from shared.keys import SigningKey
 from shared.manifest import FileEntry, Manifest, manifest_digest, metadata_digest
 from shared.manifest import verify_manifest as verify_signed_manifest
 from shared.names import validate_name
+from shared.rollout import RolloutPlan
 from shared.semver import SemVer
 from shared.timeutil import format_time, parse_time
 from shared.trust import MAX_ROOT_ROTATIONS, Root, load_trusted_root, verify_root_update
@@ -376,17 +377,40 @@ class TrustedState:
             raise FormatError(
                 f"fleet state serial {self._state.serial} does not name model {model!r:.140}"
             )
+        return self._verify_named(model, target.version, target.manifest_digest, envelope)
+
+    def verify_candidate_manifest(self, model: str, envelope: Mapping[str, Any]) -> Manifest:
+        """Verify the manifest of the candidate a trusted rollout plan names for ``model``.
+
+        Raises:
+            RuntimeError: No fleet state is trusted yet.
+            FormatError: No rollout names ``model``, or the plan or manifest is malformed.
+            DigestMismatchError: It is not the manifest the plan names.
+            UnsignedError: The current root's ``targets`` threshold did not sign it.
+        """
+        if self._state is None:
+            raise RuntimeError("verify_candidate_manifest called before a fleet state is trusted")
+        if model not in self._state.rollouts:
+            raise FormatError(
+                f"fleet state serial {self._state.serial} has no rollout of {model!r:.140}"
+            )
+        plan = RolloutPlan.from_dict(self._state.rollouts[model])
+        return self._verify_named(
+            model, plan.candidate_version, plan.candidate_digest, envelope, what="candidate "
+        )
+
+    def _verify_named(
+        self, model: str, version: str, digest: str, envelope: Mapping[str, Any], what: str = ""
+    ) -> Manifest:
         # Hash first, as TUF does: cheap, and any other manifest is rejected unparsed.
         parsed = parse_envelope(envelope)
         actual = manifest_digest(parsed["signed"])
-        if actual != target.manifest_digest:
-            raise DigestMismatchError(
-                f"manifest of {model}: expected {target.manifest_digest}, got {actual}"
-            )
+        if actual != digest:
+            raise DigestMismatchError(f"{what}manifest of {model}: expected {digest}, got {actual}")
         manifest = verify_signed_manifest(self._root, parsed)
-        if manifest.model != model or manifest.version != target.version:
+        if manifest.model != model or manifest.version != version:
             raise FormatError(
-                f"expected the manifest of {model} {target.version}, "
+                f"expected the manifest of {model} {version}, "
                 f"got {manifest.model} {manifest.version}"
             )
         return manifest

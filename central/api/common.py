@@ -9,19 +9,34 @@ from typing import Any
 from aiohttp import web
 
 from shared.canonical import loads_json
-from shared.errors import FormatError, InvalidInputError, LengthError, PayloadTooLargeError
+from shared.errors import (
+    FormatError,
+    InvalidInputError,
+    LengthError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a request body
+MAX_JSON_STRING = 1 << 20  # characters in one string of a request body
+MAX_JSON_KEY = 1024  # characters in one object key of a request body
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
     """The request's JSON body, read up to ``max_bytes``.
 
+    A missing ``Content-Type`` is read as JSON; any type but ``application/json`` (or
+    ``application/*+json``) is refused, so a form or a file sent by mistake is never parsed.
+
     Raises:
         PayloadTooLargeError: the body is larger than ``max_bytes``.
-        InvalidInputError: the body is not valid JSON.
+        UnsupportedMediaTypeError: the body is declared as something else than JSON.
+        InvalidInputError: the body is not valid JSON, nests deeper than
+            ``MAX_JSON_DEPTH`` or holds a string longer than ``MAX_JSON_STRING``.
     """
+    _check_json_type(request)
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLargeError(f"JSON body larger than {max_bytes} bytes")
     data = bytearray()
@@ -30,11 +45,49 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         if len(data) > max_bytes:
             raise PayloadTooLargeError(f"JSON body larger than {max_bytes} bytes")
     try:
-        return loads_json(bytes(data), max_bytes=max_bytes)
+        value = loads_json(bytes(data), max_bytes=max_bytes)
     except LengthError as e:
         raise PayloadTooLargeError(str(e)) from e
     except FormatError as e:
         raise InvalidInputError(f"malformed JSON body: {e}") from e
+    _check_shape(value)
+    return value
+
+
+def _check_json_type(request: web.Request) -> None:
+    if "Content-Type" not in request.headers:
+        return
+    mime = request.content_type.lower()
+    if mime != "application/json" and not (
+        mime.startswith("application/") and mime.endswith("+json")
+    ):
+        raise UnsupportedMediaTypeError(
+            f"expected a JSON body (Content-Type: application/json), got {mime!r}"
+        )
+
+
+def _check_shape(value: Any) -> None:
+    """Refuse bodies nested deeper than ``MAX_JSON_DEPTH`` or with over-long strings."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if len(item) > MAX_JSON_STRING:
+                raise InvalidInputError(
+                    f"JSON body holds a string longer than {MAX_JSON_STRING} characters"
+                )
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidInputError(f"JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    if len(key) > MAX_JSON_KEY:
+                        raise InvalidInputError(
+                            f"JSON body holds a key longer than {MAX_JSON_KEY} characters"
+                        )
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
 
 
 def json_response(

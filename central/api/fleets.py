@@ -85,6 +85,8 @@ async def sync(request: web.Request) -> web.Response:
         wait = float(wait_raw)
     except ValueError:
         raise InvalidInputError(f"wait must be a number of seconds, got {wait_raw!r}") from None
+    if not 0 <= wait <= 3600:  # also refuses nan and inf
+        raise InvalidInputError(f"wait must be between 0 and 3600 seconds, got {wait_raw!r}")
     answer = await request.app[SYNC].sync(
         request[ACTOR],
         int_param(request, "since", 0, 0, 2**62),

@@ -6,19 +6,19 @@ from aiohttp import web
 
 import shared
 from central.api.common import int_param, json_response, limit_param, read_json
-from central.api.keys import ACTOR, CHANGES, CONFIG, KEYS, METRICS, SEARCH, TOKENS
+from central.api.keys import ACTOR, CHANGES, COMPLIANCE, CONFIG, KEYS, METRICS, SEARCH, TOKENS
 from central.requests import CreateToken, required_str
 
 
 async def search(request: web.Request) -> web.Response:
+    compliance = request.app[COMPLIANCE]
+    text = request.query.get("filter", "")
+    order_by = request.query.get("order_by", "created_at desc")
+    compliance.check_search(request[ACTOR], text, order_by)
     page = await request.app[SEARCH].search(
-        request[ACTOR],
-        request.query.get("filter", ""),
-        request.query.get("order_by", "created_at desc"),
-        limit_param(request),
-        request.query.get("cursor"),
+        request[ACTOR], text, order_by, limit_param(request), request.query.get("cursor")
     )
-    return json_response(request, page.to_dict())
+    return json_response(request, compliance.versions(request[ACTOR], page.to_dict()))
 
 
 async def changes(request: web.Request) -> web.Response:

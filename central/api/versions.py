@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from central.api.common import json_response, limit_param, read_json
-from central.api.keys import ACTOR, ALIASES, CONFIG, REGISTRY
+from central.api.keys import ACTOR, ALIASES, APPROVALS, COMPLIANCE, CONFIG, REGISTRY
 from central.requests import RegisterVersion, required_str
 from shared.errors import InvalidInputError
 
@@ -20,14 +20,17 @@ async def list_versions(request: web.Request) -> web.Response:
         limit_param(request),
         request.query.get("cursor"),
     )
-    return json_response(request, page.to_dict())
+    return json_response(request, request.app[COMPLIANCE].versions(request[ACTOR], page.to_dict()))
 
 
 async def register_version(request: web.Request) -> web.Response:
     body = await read_json(request, request.app[CONFIG].max_json_bytes)
     command = RegisterVersion.from_dict(request.match_info["model"], body)
+    await request.app[COMPLIANCE].check_registration(request[ACTOR], [command])
     version = await request.app[REGISTRY].register(request[ACTOR], command)
-    return json_response(request, version.to_dict(), status=201)
+    return json_response(
+        request, request.app[COMPLIANCE].version(request[ACTOR], version), status=201
+    )
 
 
 async def register_batch(request: web.Request) -> web.Response:
@@ -43,15 +46,19 @@ async def register_batch(request: web.Request) -> web.Response:
             commands.append(RegisterVersion.from_dict(item["model"], item))
         except InvalidInputError as e:
             raise InvalidInputError(f"versions[{i}]: {e}") from e
+    await request.app[COMPLIANCE].check_registration(request[ACTOR], commands)
     versions = await request.app[REGISTRY].register_batch(request[ACTOR], commands)
-    return json_response(request, {"items": [v.to_dict() for v in versions]}, status=201)
+    batch = {"items": [v.to_dict() for v in versions]}
+    return json_response(
+        request, request.app[COMPLIANCE].versions(request[ACTOR], batch), status=201
+    )
 
 
 async def get_version(request: web.Request) -> web.Response:
     version = await request.app[ALIASES].resolve(
         request[ACTOR], request.match_info["model"], request.match_info["ref"]
     )
-    return json_response(request, version.to_dict())
+    return json_response(request, request.app[COMPLIANCE].version(request[ACTOR], version))
 
 
 async def get_manifest(request: web.Request) -> web.Response:
@@ -65,15 +72,18 @@ async def get_metadata(request: web.Request) -> web.Response:
     document = await request.app[REGISTRY].metadata_document(
         request[ACTOR], request.match_info["model"], request.match_info["version"]
     )
-    return json_response(request, document)
+    return json_response(request, request.app[COMPLIANCE].document(request[ACTOR], document))
 
 
 async def set_stage(request: web.Request) -> web.Response:
     body = await read_json(request, request.app[CONFIG].max_json_bytes)
-    version = await request.app[REGISTRY].set_stage(
+    outcome = await request.app[APPROVALS].set_stage(
         request[ACTOR],
         request.match_info["model"],
         request.match_info["version"],
         required_str(body, "stage", 32),
     )
-    return json_response(request, version.to_dict())
+    if outcome.request is not None:  # the policy asks for approval: 202 with the request
+        return json_response(request, outcome.request.to_dict(), status=202)
+    assert outcome.version is not None
+    return json_response(request, request.app[COMPLIANCE].version(request[ACTOR], outcome.version))

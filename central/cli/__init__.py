@@ -11,8 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from central.cli import aliases, catalog, fleets, pull, push, quickstart, server, tokens
+from central.cli import (
+    aliases,
+    approvals,
+    audit,
+    catalog,
+    drift,
+    fleets,
+    pull,
+    push,
+    quickstart,
+    rollouts,
+    server,
+    tokens,
+    webhooks,
+)
 from central.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from shared import __version__
 from shared.errors import SkiffError
@@ -30,6 +45,9 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, argument_default=suppressed)
     parser.add_argument("--url", help=f"central URL (env SKIFF_URL, default {DEFAULT_URL})")
     parser.add_argument("--token", help="API token (env SKIFF_TOKEN)")
+    parser.add_argument(
+        "--cacert", type=Path, help="CA file to verify central's certificate (env SKIFF_CA_FILE)"
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     return parser
 
@@ -45,7 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = [_global_options(suppress=True)]
-    for module in (server, push, pull, catalog, aliases, tokens, fleets, quickstart):
+    modules = (
+        server,
+        push,
+        pull,
+        catalog,
+        aliases,
+        approvals,
+        tokens,
+        fleets,
+        rollouts,
+        audit,
+        webhooks,
+        drift,
+        quickstart,
+    )
+    for module in modules:
         module.register(sub, parents)
     return parser
 
@@ -59,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     args.url = (args.url or os.environ.get("SKIFF_URL") or DEFAULT_URL).rstrip("/")
     args.token = args.token or os.environ.get("SKIFF_TOKEN") or None
+    ca_file = args.cacert or os.environ.get("SKIFF_CA_FILE") or None
+    args.cacert = None if ca_file is None else Path(ca_file)
     try:
         args.handler(args)
     except CliError as e:

@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from central.cli import render
+from central.cli.approvals import is_request, render_request
 from central.cli.arguments import model_ref
 from central.cli.catalog import get_version
 from central.cli.client import RegistryClient, api_path
@@ -66,6 +67,11 @@ async def _stage_set(client: RegistryClient, out: Output, args: argparse.Namespa
     version = (await get_version(client, name, ref))["version"]
     path = api_path("models", name, "versions", version, "stage")
     record = await client.send_json("PUT", path, {"stage": args.stage})
+    if is_request(record):  # the policy asks for approval: the move waits for approvers
+        out.result(record, render_request)
+        if not out.json_mode:
+            out.note(f"approval needed: 'skiff approve {record['id']}' by an approver")
+        return
     out.result(record, render.render_version)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,8 @@ import aiohttp
 
 from central.cli.errors import CliError
 from shared import __version__
+from shared.errors import SkiffError
+from shared.tls import client_context
 
 __all__ = ["ApiError", "RegistryClient", "api_path"]
 
@@ -59,9 +62,11 @@ class RegistryClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
+        ca_file: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._token = token or None
+        self._ca_file = ca_file  # verify central's certificate with this CA only
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
@@ -71,7 +76,15 @@ class RegistryClient:
         headers = {"User-Agent": f"skiff/{__version__}"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
-        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+        connector = None
+        if self._ca_file is not None:
+            try:
+                connector = aiohttp.TCPConnector(ssl=client_context(self._ca_file))
+            except SkiffError as e:
+                raise CliError(str(e)) from e
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=self._timeout, connector=connector
+        )
         return self
 
     async def __aexit__(

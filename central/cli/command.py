@@ -39,5 +39,7 @@ def with_client(action: ClientAction) -> Handler:
 
 
 async def _run(action: ClientAction, args: argparse.Namespace) -> None:
-    async with RegistryClient(args.url, args.token) as client:
+    async with RegistryClient(
+        args.url, args.token, ca_file=getattr(args, "cacert", None)
+    ) as client:
         await action(client, output_for(args), args)

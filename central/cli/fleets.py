@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from central.cli import masterkeys
 from central.cli.client import RegistryClient, api_path
 from central.cli.command import with_client
 from central.cli.errors import CliError
@@ -113,6 +114,8 @@ async def _enroll(client: RegistryClient, out: Output, args: argparse.Namespace)
     }
     if args.sideload_dir:
         settings["sideload_dir"] = str(args.sideload_dir)
+    if args.cacert is not None:  # the device pins the CA this command trusted
+        settings["ca_file"] = str(args.cacert.resolve())
     _write_private(
         args.output, render_toml(settings, header="Skiff edge agent; see docs/configuration.md")
     )
@@ -197,10 +200,11 @@ def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(handler=with_client(_export))
 
-    keys = sub.add_parser("keys", help="signing keys")
+    keys = sub.add_parser("keys", help="signing keys and the master key of blobs")
     kverbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
     rotate = kverbs.add_parser(
         "rotate", parents=parents, help="rotate the root or targets key (new root version)"
     )
     rotate.add_argument("--role", required=True, choices=("root", "targets"))
     rotate.set_defaults(handler=with_client(_rotate))
+    masterkeys.add_verbs(kverbs, parents)

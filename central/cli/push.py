@@ -21,6 +21,7 @@ from central.cli.client import RegistryClient, api_path
 from central.cli.command import with_client
 from central.cli.errors import CliError
 from central.cli.output import Output, Progress, format_bytes
+from central.cli.reference import load_reference
 from central.cli.render import render_version
 from shared.digest import sha256_file
 
@@ -196,7 +197,12 @@ def request_from_args(args: argparse.Namespace) -> PushRequest:
 
 
 async def _push(client: RegistryClient, out: Output, args: argparse.Namespace) -> None:
-    out.result(await push(client, out, request_from_args(args)), render_version)
+    request = request_from_args(args)
+    if args.reference_data is not None:
+        reference = await asyncio.to_thread(load_reference, args.reference_data, args.path)
+        request.metadata["reference"] = reference
+        out.note(f"reference distribution: {len(reference['features'])} feature(s)")
+    out.result(await push(client, out, request), render_version)
 
 
 def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
@@ -215,4 +221,10 @@ def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--param", type=key_value, metavar="KEY=VALUE", **many)
     p.add_argument("--dataset", metavar="URI", **many)
     p.add_argument("--meta-file", type=Path, metavar="JSON", help="metadata to start from")
+    p.add_argument(
+        "--reference-data",
+        type=Path,
+        metavar="FILE",
+        help="training inputs (CSV with a header, or 2-D .npy) for drift detection",
+    )
     p.set_defaults(handler=with_client(_push))

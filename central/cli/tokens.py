@@ -26,6 +26,8 @@ async def _create(client: RegistryClient, out: Output, args: argparse.Namespace)
     body: dict[str, Any] = {"name": args.name, "role": args.role}
     if args.expires is not None:
         body["expires_in"] = args.expires
+    if args.models is not None:
+        body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     record = await client.send_json("POST", api_path("tokens"), body)
     out.result(record, _render_created)
     if not out.json_mode:
@@ -48,6 +50,7 @@ def _render_created(t: Any) -> str:
             ("id", t.get("id")),
             ("name", t.get("name")),
             ("role", t.get("role")),
+            ("models", ", ".join(t.get("models") or []) or "all"),
             ("expires", t.get("expires_at") or "never"),
             ("token", t.get("token")),
         ]
@@ -62,6 +65,11 @@ def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--name", required=True, help="what the token is for")
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--expires", type=duration, help="lifetime, e.g. 12h or 30d")
+    create.add_argument(
+        "--models",
+        metavar="PATTERNS",
+        help="comma-separated model-name patterns the token is limited to, e.g. 'fraud-*,ranker'",
+    )
     create.set_defaults(handler=with_client(_create))
     ls = verbs.add_parser("list", parents=parents, help="list tokens (never their secrets)")
     ls.set_defaults(handler=with_client(_list))

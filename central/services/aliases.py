@@ -143,6 +143,20 @@ class AliasService:
             await self._fleets.refresh_model(tx, model_id)
         self._cache.pop((model, alias), None)
 
+    async def move_in(
+        self, tx: Transaction, actor: Actor, model: str, alias: str, version_id: int, action: str
+    ) -> None:
+        """Point ``alias`` at a version inside the caller's transaction (a policy's alias
+        move): history, change log, audit and fleet-state refresh as for :meth:`set`."""
+        validate_alias(alias)
+        model_id = await self._model_id(tx, model)
+        await self._move(tx, actor, model_id, model, alias, version_id, action)
+        self._cache.pop((model, alias), None)
+
+    def forget(self, model: str, alias: str) -> None:
+        """Drop a cached resolution (after the caller's transaction commits)."""
+        self._cache.pop((model, alias), None)
+
     async def _move(
         self,
         tx: Transaction,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +21,7 @@ from central.stores.sqlite import SqliteStore
 from shared.codec import BoundedDecompressor, StreamCompressor, decompress_file
 from shared.digest import Hasher, parse_digest
 from shared.errors import (
+    ForbiddenError,
     FormatError,
     InvalidInputError,
     LengthError,
@@ -88,6 +90,14 @@ class BlobService:
             await self.device_access(actor, digest)
         else:
             require(actor, READ)
+        if actor.models is not None:
+            # a scoped token reads the blobs of its models, and those no version holds yet
+            # (an upload it may be resuming)
+            models = await self._store.models_of_blob(digest)
+            if models and not any(fnmatchcase(m, p) for m in models for p in actor.models):
+                raise ForbiddenError(
+                    f"token '{actor.name}' is not scoped to any model holding blob {digest}"
+                )
 
     async def info(self, actor: Actor, digest: str) -> Blob:
         parse_digest(digest)
@@ -142,16 +152,29 @@ class BlobService:
     async def open(
         self, actor: Actor, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream the stored (compressed) bytes ``[start, end)`` of a blob."""
+        """Stream the stored (compressed) bytes ``[start, end)`` of a blob.
+
+        Every download by a device is audited: what each device fetched is on record.
+        """
         await self._may_read(actor, digest)
+        if actor.role == "device":
+            span = {"start": start} if end is None else {"start": start, "end": end}
+            async with self._store.transaction() as tx:
+                await tx.append_audit(
+                    actor=actor.name,
+                    role=actor.role,
+                    action="blob.download",
+                    target=digest,
+                    detail=span,
+                )
         return self._blobs.read(digest, start, end)
 
     async def read_raw_to(self, digest: str, dst: Path, max_size: int) -> None:
         """Decompress a stored blob to ``dst`` (for validation), bounded by ``max_size``."""
-        await asyncio.to_thread(
-            decompress_file,
-            self._blobs.path(digest),
-            dst,
-            expected_digest=digest,
-            max_size=max_size,
-        )
+        src = await self._blobs.open_plain(digest)
+        try:
+            await asyncio.to_thread(
+                decompress_file, src, dst, expected_digest=digest, max_size=max_size
+            )
+        finally:
+            await asyncio.to_thread(src.close)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from central.domain import Actor, Change
-from central.services.permissions import READ, require
+from central.services.permissions import READ, require, require_unscoped
 from central.stores.sqlite import SqliteStore
 from shared.errors import InvalidInputError, NotFoundError
 
@@ -18,7 +18,7 @@ class ChangeService:
 
     async def since(self, actor: Actor, since: int, limit: int) -> tuple[list[Change], int]:
         """Changes after ``since`` in order, and the cursor to ask with next."""
-        require(actor, READ)
+        require_unscoped(actor, READ)
         if since < 0:
             raise InvalidInputError("since must be >= 0")
         changes = await self._store.list_changes(since, limit)

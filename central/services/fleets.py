@@ -6,11 +6,12 @@ import asyncio
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from central.domain import Actor
 from central.services.fleetstate import FleetStates
-from central.services.permissions import MANAGE_FLEETS, MANAGE_TOKENS, READ, require
+from central.services.permissions import MANAGE_FLEETS, MANAGE_TOKENS, READ, require_unscoped
+from central.services.sync import state_manifest_digests
 from central.services.tokens import insert_token
 from central.stores.blobs import LocalBlobStore
 from central.stores.sqlite import SqliteStore
@@ -37,7 +38,7 @@ class FleetService:
         return fleet
 
     async def create(self, actor: Actor, name: str, description: str) -> dict[str, Any]:
-        require(actor, MANAGE_FLEETS)
+        require_unscoped(actor, MANAGE_FLEETS)
         validate_name(name, "fleet name")
         async with self._store.transaction() as tx:
             if await tx.get_fleet(name) is not None:
@@ -50,14 +51,14 @@ class FleetService:
         return await self.show(actor, name)
 
     async def list_all(self, actor: Actor) -> list[dict[str, Any]]:
-        require(actor, READ)
+        require_unscoped(actor, READ)
         return [
             {"name": f.name, "description": f.description, "created_at": f.created_at}
             for f in await self._store.list_fleets()
         ]
 
     async def show(self, actor: Actor, name: str) -> dict[str, Any]:
-        require(actor, READ)
+        require_unscoped(actor, READ)
         fleet = await self._fleet(name)
         state = await self._store.latest_state(fleet.id)
         signed = None if state is None else state.envelope["signed"]
@@ -86,7 +87,7 @@ class FleetService:
         }
 
     async def assign(self, actor: Actor, name: str, model: str, alias: str) -> dict[str, Any]:
-        require(actor, MANAGE_FLEETS, model)
+        require_unscoped(actor, MANAGE_FLEETS)
         validate_name(alias, "alias name")
         async with self._store.transaction() as tx:
             fleet = await tx.get_fleet(validate_name(name, "fleet name"))
@@ -107,7 +108,7 @@ class FleetService:
         return await self.show(actor, name)
 
     async def unassign(self, actor: Actor, name: str, model: str) -> dict[str, Any]:
-        require(actor, MANAGE_FLEETS, model)
+        require_unscoped(actor, MANAGE_FLEETS)
         async with self._store.transaction() as tx:
             fleet = await tx.get_fleet(validate_name(name, "fleet name"))
             model_id = await tx.model_id(validate_name(model))
@@ -126,7 +127,7 @@ class FleetService:
 
     async def enroll(self, actor: Actor, name: str, device: str) -> dict[str, Any]:
         """Create a device and its token (role ``device``); the secret is shown once."""
-        require(actor, MANAGE_TOKENS)
+        require_unscoped(actor, MANAGE_TOKENS)
         validate_name(device, "device id")
         async with self._store.transaction() as tx:
             fleet = await tx.get_fleet(validate_name(name, "fleet name"))
@@ -158,16 +159,17 @@ class FleetService:
         """Write the fleet's bundle to a temp file (the caller streams and deletes it)."""
         from shared.bundle import write_bundle
 
-        require(actor, READ)
+        require_unscoped(actor, READ)
         fleet = await self._fleet(name)
         state = await self._store.latest_state(fleet.id)
         if state is None:
             raise NotFoundError(f"fleet {name} has no signed state yet")
         manifests: dict[str, Any] = {}
         metadata: dict[str, Any] = {}
-        blobs: dict[str, Path] = {}
-        for target in state.envelope["signed"]["models"].values():
-            version = await self._store.version_by_manifest(target["manifest_digest"])
+        blobs: dict[str, BinaryIO] = {}
+        digests: set[str] = set()
+        for digest in state_manifest_digests(state.envelope["signed"]):
+            version = await self._store.version_by_manifest(digest)
             assert version is not None
             manifests[version.manifest_digest] = version.manifest
             metadata[version.manifest_digest] = {
@@ -177,7 +179,7 @@ class FleetService:
                 "signature": version.signature,
             }
             for f in version.files:
-                blobs[f["digest"]] = self._blobs.path(f["digest"])
+                digests.add(f["digest"])
         roots = await self._store.roots_after(0)
         fd, tmp = tempfile.mkstemp(prefix="skiff-bundle-", suffix=".skiff")
         path = Path(tmp)
@@ -196,8 +198,13 @@ class FleetService:
                 )
 
         try:
+            for digest in sorted(digests):
+                blobs[digest] = await self._blobs.open_plain(digest)
             await asyncio.to_thread(write)
         except BaseException:
             await asyncio.to_thread(path.unlink, True)
             raise
+        finally:
+            for src in blobs.values():
+                await asyncio.to_thread(src.close)
         return path

@@ -17,6 +17,7 @@ from central.services.signing import Signer
 from central.stores.sqlite import SqliteStore, Transaction
 from central.stores.sqlite_fleets import Assignment
 from shared.canonical import canonical_json
+from shared.rollout import RolloutPlan
 from shared.timeutil import format_time, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,25 @@ def _targets(assignments: list[Assignment]) -> dict[str, Any]:
     return models
 
 
+async def _plans(tx: Transaction, fleet_id: int, models: dict[str, Any]) -> dict[str, Any]:
+    """The rollout plan of every running or paused rollout whose model the fleet serves."""
+    plans: dict[str, Any] = {}
+    for r in await tx.active_rollouts(fleet_id):
+        candidate = await tx.get_version(r.model, r.candidate)
+        if r.model not in models or candidate is None:
+            continue
+        plans[r.model] = RolloutPlan(
+            id=r.id,
+            strategy=r.strategy,
+            candidate_version=candidate.version,
+            candidate_digest=candidate.manifest_digest,
+            candidate_size=len(canonical_json(candidate.manifest)),
+            percent=r.percent,
+            sticky_header=r.sticky_header,
+        ).to_dict()
+    return plans
+
+
 class FleetStates:
     """Computes and signs fleet states inside the caller's transaction."""
 
@@ -54,7 +74,6 @@ class FleetStates:
         tx: Transaction,
         fleet_id: int,
         *,
-        rollouts: dict[str, Any] | None = None,
         force: bool = False,
         signer: Signer | None = None,
     ) -> int | None:
@@ -62,8 +81,7 @@ class FleetStates:
         fleet = await tx.get_fleet_by_id(fleet_id)
         latest = await tx.latest_state(fleet_id)
         models = _targets(await tx.assignments(fleet_id))
-        if rollouts is None:
-            rollouts = {} if latest is None else latest.envelope["signed"].get("rollouts", {})
+        rollouts = await _plans(tx, fleet_id, models)
         if latest is not None and not force:
             signed = latest.envelope["signed"]
             if signed["models"] == models and signed.get("rollouts", {}) == rollouts:

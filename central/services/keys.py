@@ -19,7 +19,7 @@ from typing import Any
 
 from central.domain import Actor
 from central.services.fleetstate import FleetStates
-from central.services.permissions import MANAGE_KEYS, require
+from central.services.permissions import MANAGE_KEYS, require_unscoped
 from central.services.signing import ROOT_KEY_FILE, TARGETS_KEY_FILE, Signer
 from central.stores.sqlite import SqliteStore
 from shared.envelope import sign_envelope
@@ -78,7 +78,7 @@ class KeyService:
 
     async def rotate(self, actor: Actor, role: str) -> dict[str, Any]:
         """Make a new root version with a fresh key for ``role``; returns its envelope."""
-        require(actor, MANAGE_KEYS)
+        require_unscoped(actor, MANAGE_KEYS)
         if role not in ROLES:
             raise InvalidInputError(f"role must be 'root' or 'targets', got {role!r}")
         async with self._lock:

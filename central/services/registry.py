@@ -46,6 +46,16 @@ def allowed_stages(current: str) -> list[str]:
     return nxt + back + ["retired"]
 
 
+def check_transition(v: Version, stage: str) -> None:
+    """Raise :class:`ConflictError` unless ``v`` may move to ``stage``, naming what may."""
+    allowed = allowed_stages(v.stage)
+    if stage not in allowed:
+        raise ConflictError(
+            f"{v.model}@{v.version} cannot move from {v.stage} to {stage}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
 def encode_cursor(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
@@ -76,7 +86,7 @@ class _Prepared:
     files: tuple[FileEntry, ...]
     format: str
     signature: dict[str, Any] | None
-    signature_digest: str | None
+    signature_digest: str | None  # set when the signature was just computed (to cache it)
 
 
 class RegistryService:
@@ -140,7 +150,7 @@ class RegistryService:
     async def list_models(self, actor: Actor, prefix: str, limit: int, cursor: str | None) -> Page:
         require(actor, READ)
         after = None if cursor is None else decode_cursor(cursor)
-        models = await self._store.list_models(prefix, after, limit + 1)
+        models = await self._store.list_models(prefix, after, limit + 1, actor.models)
         more = len(models) > limit
         models = models[:limit]
         return Page(models, encode_cursor(models[-1].name) if more and models else None)
@@ -221,10 +231,10 @@ class RegistryService:
         signature, sig_digest = None, None
         if fmt == ONNX:
             main = next(f for f in files if f.path == onnx_main_file(paths))
-            sig_digest = main.digest
             signature = await self._store.onnx_signature(main.digest)
             if signature is None:
                 signature = await self._validate_onnx(files, main)
+                sig_digest = main.digest
         return _Prepared(r, files, fmt, signature, sig_digest)
 
     async def _validate_onnx(self, files: tuple[FileEntry, ...], main: FileEntry) -> dict[str, Any]:
@@ -313,29 +323,38 @@ class RegistryService:
             v = await tx.get_version(model, version)
             if v is None:
                 raise NotFoundError(f"version {model}@{version} does not exist")
-            allowed = allowed_stages(v.stage)
-            if stage not in allowed:
-                raise ConflictError(
-                    f"{model}@{version} cannot move from {v.stage} to {stage}; "
-                    f"allowed: {', '.join(allowed)}"
-                )
-            await tx.set_stage(v.id, stage)
-            if "retired" in (stage, v.stage):
-                model_id = await tx.model_id(model)
-                assert model_id is not None
-                await self._fleets.refresh_model(tx, model_id)
-            await tx.append_change(
-                "stage.changed",
-                model=model,
-                version=version,
-                data={"from": v.stage, "to": stage},
-            )
-            await tx.append_audit(
-                actor=actor.name,
-                role=actor.role,
-                action="stage.set",
-                target=f"{model}@{version}",
-                detail={"from": v.stage, "to": stage},
-            )
-        logger.info("%s@%s moved from %s to %s", model, version, v.stage, stage)
+            check_transition(v, stage)
+            await self.apply_stage(tx, actor, v, stage)
         return await self.get_version(actor, model, version)
+
+    async def apply_stage(
+        self,
+        tx: Transaction,
+        actor: Actor,
+        v: Version,
+        stage: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Move ``v`` to ``stage`` inside ``tx``, with its change-log and audit rows.
+
+        The caller has checked the transition (:func:`check_transition`) and the policy.
+        """
+        await tx.set_stage(v.id, stage)
+        if "retired" in (stage, v.stage):
+            model_id = await tx.model_id(v.model)
+            assert model_id is not None
+            await self._fleets.refresh_model(tx, model_id)
+        await tx.append_change(
+            "stage.changed",
+            model=v.model,
+            version=v.version,
+            data={"from": v.stage, "to": stage},
+        )
+        await tx.append_audit(
+            actor=actor.name,
+            role=actor.role,
+            action="stage.set",
+            target=f"{v.model}@{v.version}",
+            detail={"from": v.stage, "to": stage, **(detail or {})},
+        )
+        logger.info("%s@%s moved from %s to %s", v.model, v.version, v.stage, stage)

@@ -122,7 +122,7 @@ def _check(c: Clause, shown: str) -> Clause:
     return c
 
 
-def to_sql(clauses: list[Clause]) -> tuple[list[str], list[Any]]:
+def to_sql(clauses: list[Clause], sorted_metric: str | None = None) -> tuple[list[str], list[Any]]:
     """SQL conditions (fixed text) and their bound values."""
     where: list[str] = []
     params: list[Any] = []
@@ -140,6 +140,10 @@ def to_sql(clauses: list[Clause]) -> tuple[list[str], list[Any]]:
             if not words:
                 raise InvalidInputError("description contains needs at least one word")
             params.append(" ".join(f'"{w}"' for w in words))
+        elif c.field.startswith("metrics.") and c.field.removeprefix("metrics.") == sorted_metric:
+            # the order joins this metric already (as sm): filter on the joined row
+            where.append(f"sm.value {c.op} ?")
+            params.append(c.value)
         elif c.field.startswith("metrics."):
             op = "!=" if c.op == "!=" else c.op
             where.append(
@@ -201,8 +205,11 @@ class SearchService:
         self, actor: Actor, text: str, order_by: str, limit: int, cursor: str | None
     ) -> Page:
         require(actor, READ)
-        where, params = to_sql(parse_filter(text) if text.strip() else [])
         order, order_key = parse_order(order_by)
+        where, params = to_sql(parse_filter(text) if text.strip() else [], order_key)
+        if actor.models is not None:  # a scoped token finds only the models it may read
+            where.append("(" + (" OR ".join(["m.name GLOB ?"] * len(actor.models)) or "0") + ")")
+            params += actor.models
         if cursor is not None:
             value, last_id = _decode(cursor)
             sort_col = {"created": "v.created_at", "version": "v.sort_key"}.get(

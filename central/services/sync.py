@@ -25,6 +25,13 @@ MAX_WAIT = 60.0
 MANIFEST_CACHE = 4096
 
 
+def state_manifest_digests(signed: dict[str, Any]) -> list[str]:
+    """Every manifest a fleet state names: each model's target and each rollout candidate."""
+    digests = [t["manifest_digest"] for t in signed["models"].values()]
+    digests += [r["candidate"]["manifest_digest"] for r in signed.get("rollouts", {}).values()]
+    return list(dict.fromkeys(digests))
+
+
 class SyncService:
     """Answers device syncs and reports."""
 
@@ -38,10 +45,16 @@ class SyncService:
         self._documents: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
         self._allowed: dict[str, set[str]] = {}
         self._closing = False
+        # Per fleet: the latest signed state with the manifests and metadata it names,
+        # built once per new serial (single flight) and shared by every device's answer.
+        self._bundles: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._building: dict[str, asyncio.Lock] = {}
+        self._roots: list[dict[str, Any]] = []
 
     async def start(self) -> None:
         self._fleet_seq = await self._store.state_change_seqs()
         self._root_seq = await self._store.last_root_seq()
+        self._roots = await self._store.roots_after(0)
         self._feed.subscribe(self._on_change)
 
     def close(self) -> None:
@@ -55,10 +68,13 @@ class SyncService:
             fleet = str(change.data.get("fleet"))
             self._fleet_seq[fleet] = change.seq
             self._allowed.pop(fleet, None)
+            self._bundles.pop(fleet, None)
             self._wake(fleet)
         elif change.kind == "root.rotated":
             self._root_seq = change.seq
+            self._roots = []  # reloaded by the next answer
             self._documents.clear()  # a targets rotation re-signs every manifest
+            self._bundles.clear()
             for fleet in list(self._wakeups):
                 self._wake(fleet)
         elif change.kind == "token.revoked":
@@ -72,7 +88,10 @@ class SyncService:
     async def device(self, actor: Actor) -> DeviceRow:
         """The enrolled device behind a device token."""
         if actor.role != "device":
-            raise ForbiddenError(f"role '{actor.role}' lacks the 'sync' permission")
+            raise ForbiddenError(
+                f"role '{actor.role}' lacks the 'device' permission: only a device token "
+                "may sync, report and download what its fleet state names"
+            )
         found = self._devices.get(actor.token_id)
         if found is None:
             found = await self._store.device_by_token(actor.token_id)
@@ -102,26 +121,46 @@ class SyncService:
         cursor = self._feed.last_seq
         answer: dict[str, Any] = {
             "cursor": cursor,
-            "roots": await self._store.roots_after(root_version),
+            "roots": await self._roots_after(root_version),
             "fleet_state": None,
             "manifests": {},
             "metadata": {},
         }
         if self._fleet_seq.get(fleet, 0) > since:
-            await self._add_state(answer, fleet)
+            answer.update(await self._state_of(fleet))
         return answer
 
-    async def _add_state(self, answer: dict[str, Any], fleet: str) -> None:
+    async def _roots_after(self, version: int) -> list[dict[str, Any]]:
+        if not self._roots:
+            self._roots = await self._store.roots_after(0)
+        return [r for r in self._roots if int(r["signed"]["version"]) > version]
+
+    async def _state_of(self, fleet: str) -> dict[str, Any]:
+        """The fleet's latest state and the documents it names (cached per change)."""
+        seq = self._fleet_seq.get(fleet, 0)
+        cached = self._bundles.get(fleet)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        async with self._building.setdefault(fleet, asyncio.Lock()):
+            cached = self._bundles.get(fleet)
+            if cached is not None and cached[0] == seq:
+                return cached[1]
+            built = await self._build_state(fleet)
+            self._bundles[fleet] = (seq, built)
+            return built
+
+    async def _build_state(self, fleet: str) -> dict[str, Any]:
+        built: dict[str, Any] = {"fleet_state": None, "manifests": {}, "metadata": {}}
         fleet_row = await self._store.get_fleet(fleet)
         state = None if fleet_row is None else await self._store.latest_state(fleet_row.id)
         if state is None:
-            return
-        answer["fleet_state"] = state.envelope
-        for target in state.envelope["signed"]["models"].values():
-            digest = target["manifest_digest"]
+            return built
+        built["fleet_state"] = state.envelope
+        for digest in state_manifest_digests(state.envelope["signed"]):
             manifest, metadata = await self._documents_of(digest)
-            answer["manifests"][digest] = manifest
-            answer["metadata"][digest] = metadata
+            built["manifests"][digest] = manifest
+            built["metadata"][digest] = metadata
+        return built
 
     async def _documents_of(self, manifest_digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A version's manifest and metadata document (immutable, so cached)."""
@@ -150,11 +189,7 @@ class SyncService:
         if allowed is None:
             fleet = await self._store.get_fleet(device.fleet)
             state = None if fleet is None else await self._store.latest_state(fleet.id)
-            digests = (
-                []
-                if state is None
-                else [t["manifest_digest"] for t in state.envelope["signed"]["models"].values()]
-            )
+            digests = [] if state is None else state_manifest_digests(state.envelope["signed"])
             allowed = await self._store.blobs_of_manifests(digests)
             self._allowed[device.fleet] = allowed
         if digest not in allowed:

@@ -9,8 +9,8 @@ import secrets
 import time
 from datetime import timedelta
 
-from central.domain import ROLES, Actor, Token
-from central.services.permissions import MANAGE_TOKENS, require
+from central.domain import ROLES, Actor, Change, Token
+from central.services.permissions import MANAGE_TOKENS, require_unscoped
 from central.stores.sqlite import SqliteStore, Transaction
 from shared.errors import InvalidInputError, NotFoundError, UnauthenticatedError
 from shared.names import validate_name
@@ -19,7 +19,10 @@ from shared.timeutil import format_time, parse_time, utcnow
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "skf_"  # noqa: S105 - a marker, not a secret
-CACHE_SECONDS = 2.0  # how long a verified token is trusted without reading the store
+MAX_EXPIRES_IN = 100 * 366 * 24 * 3600  # a token lives at most about a century
+# How long a verified token is trusted without reading the store. Revocations reach the
+# cache at once through the change feed (any replica), and never past the token's expiry.
+CACHE_SECONDS = 60.0
 
 
 def hash_token(secret: str) -> str:
@@ -41,8 +44,10 @@ async def insert_token(
     """Create a token inside ``tx``; returns the record and the secret (shown once)."""
     if role not in ROLES:
         raise InvalidInputError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-    if expires_in is not None and expires_in <= 0:
-        raise InvalidInputError("expires_in must be a positive number of seconds")
+    if expires_in is not None and not 0 < expires_in <= MAX_EXPIRES_IN:
+        raise InvalidInputError(
+            f"expires_in must be a number of seconds between 1 and {MAX_EXPIRES_IN}"
+        )
     validate_name(name, "token name")
     now = utcnow()
     token = Token(
@@ -71,7 +76,7 @@ class TokenService:
             raise UnauthenticatedError("missing bearer token: send 'Authorization: Bearer <token>'")
         token_hash = hash_token(secret)
         cached = self._cache.get(token_hash)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() < cached[0]:
             return cached[1]
         found = await self._store.token_by_hash(token_hash)
         if found is None or not hmac.compare_digest(found[1], token_hash):
@@ -82,10 +87,18 @@ class TokenService:
         if token.expires_at is not None and parse_time(token.expires_at) <= utcnow():
             raise UnauthenticatedError(f"token '{token.name}' expired at {token.expires_at}")
         actor = Actor(token_id=token.id, name=token.name, role=token.role, models=token.models)
-        if len(self._cache) > 10_000:
+        if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[token_hash] = (time.monotonic(), actor)
+        ttl = CACHE_SECONDS
+        if token.expires_at is not None:
+            ttl = min(ttl, (parse_time(token.expires_at) - utcnow()).total_seconds())
+        self._cache[token_hash] = (time.monotonic() + ttl, actor)
         return actor
+
+    def on_change(self, change: Change) -> None:
+        """Forget cached tokens when any replica revokes one."""
+        if change.kind == "token.revoked":
+            self._cache.clear()
 
     async def create(
         self,
@@ -96,7 +109,7 @@ class TokenService:
         expires_in: int | None = None,
         models: tuple[str, ...] | None = None,
     ) -> tuple[Token, str]:
-        require(actor, MANAGE_TOKENS)
+        require_unscoped(actor, MANAGE_TOKENS)
         async with self._store.transaction() as tx:
             token, secret = await insert_token(
                 tx, name=name, role=role, expires_in=expires_in, models=models
@@ -109,11 +122,11 @@ class TokenService:
         return token, secret
 
     async def list_all(self, actor: Actor) -> list[Token]:
-        require(actor, MANAGE_TOKENS)
+        require_unscoped(actor, MANAGE_TOKENS)
         return await self._store.list_tokens()
 
     async def revoke(self, actor: Actor, token_id: str) -> None:
-        require(actor, MANAGE_TOKENS)
+        require_unscoped(actor, MANAGE_TOKENS)
         async with self._store.transaction() as tx:
             if await tx.get_token(token_id) is None:
                 raise NotFoundError(f"token {token_id} does not exist")

@@ -22,19 +22,21 @@ class SqlBase:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
+    # Each read runs to completion in one hop to the connection's thread (execute, fetch,
+    # close together). Interleaving other coroutines' statements with an open cursor would
+    # make them share its read snapshot and miss writes committed meanwhile.
+
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            row: sqlite3.Row | None = await cur.fetchone()
-            return row
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self._conn.execute_fetchall(sql, params))
 
     async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one write; returns the last row id. Constraint failures are conflicts."""
         try:
-            async with self._conn.execute(sql, params) as cur:
-                return int(cur.lastrowid or 0)
+            row = await self._conn.execute_insert(sql, params)
+            return int(row[0]) if row is not None and row[0] is not None else 0
         except sqlite3.IntegrityError as e:
             raise ConflictError(f"conflicting write: {e}") from e

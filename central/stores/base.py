@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from central.domain import Blob
 
@@ -35,4 +35,8 @@ class BlobStore(Protocol):
 
     async def read_all(self, digest: str) -> bytes:
         """The whole compressed blob (for small blobs only)."""
+        ...
+
+    async def open_plain(self, digest: str) -> BinaryIO:
+        """The compressed bytes as a seekable file object, to read in a thread and close."""
         ...

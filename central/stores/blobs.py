@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from central.domain import Blob
 from shared.digest import parse_digest
@@ -111,5 +112,12 @@ class LocalBlobStore:
     async def read_all(self, digest: str) -> bytes:
         try:
             return await asyncio.to_thread(self.path(digest).read_bytes)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"blob {digest} is not stored") from e
+
+    async def open_plain(self, digest: str) -> BinaryIO:
+        """The stored (compressed) bytes as a seekable file, for blocking readers in a thread."""
+        try:
+            return await asyncio.to_thread(self.path(digest).open, "rb")
         except FileNotFoundError as e:
             raise NotFoundError(f"blob {digest} is not stored") from e

@@ -21,7 +21,14 @@ import aiosqlite
 
 from central.domain import Alias, AliasEvent, Blob, Change, Model, Token, Version
 from central.stores._sqlbase import dumps
+from central.stores.sqlite_approvals import ApprovalReads, ApprovalWrites
+from central.stores.sqlite_audit import AuditReads, AuditWrites
+from central.stores.sqlite_blobkeys import BlobKeyReads, BlobKeyWrites
+from central.stores.sqlite_drift import DriftReads, DriftWrites
 from central.stores.sqlite_fleets import FleetReads, FleetWrites
+from central.stores.sqlite_rollouts import RolloutReads, RolloutWrites
+from central.stores.sqlite_telemetry import TelemetryReads, TelemetryWrites
+from central.stores.sqlite_webhooks import WebhookReads, WebhookWrites
 from shared.errors import ConflictError
 from shared.timeutil import format_time, utcnow
 
@@ -39,7 +46,16 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class _Reads(FleetReads):
+class _Reads(
+    FleetReads,
+    AuditReads,
+    ApprovalReads,
+    BlobKeyReads,
+    WebhookReads,
+    TelemetryReads,
+    RolloutReads,
+    DriftReads,
+):
     """Queries shared by the reader connection and write transactions."""
 
     # models
@@ -52,9 +68,15 @@ class _Reads(FleetReads):
         row = await self._one("SELECT id FROM models WHERE name = ?", (name,))
         return None if row is None else int(row["id"])
 
-    async def list_models(self, prefix: str, after: str | None, limit: int) -> list[Model]:
+    async def list_models(
+        self, prefix: str, after: str | None, limit: int, patterns: Sequence[str] | None = None
+    ) -> list[Model]:
+        """Models by name; ``patterns`` (GLOB) keeps only the names matching one of them."""
         sql = "SELECT * FROM models WHERE name >= ? AND name < ?"
         params: list[Any] = [prefix, prefix + "\U0010ffff"]
+        if patterns is not None:
+            sql += " AND (" + (" OR ".join(["name GLOB ?"] * len(patterns)) or "0") + ")"
+            params += patterns
         if after is not None:
             sql += " AND name > ?"
             params.append(after)
@@ -227,6 +249,15 @@ class _Reads(FleetReads):
         row = await self._one("SELECT * FROM blobs WHERE digest = ?", (digest,))
         return None if row is None else Blob(**dict(row))
 
+    async def models_of_blob(self, digest: str) -> list[str]:
+        """Names of the models that have a version holding the blob ``digest``."""
+        rows = await self._all(
+            "SELECT DISTINCT m.name FROM version_files f JOIN versions v ON v.id = f.version_id "
+            "JOIN models m ON m.id = v.model_id WHERE f.digest = ?",
+            (digest,),
+        )
+        return [str(r[0]) for r in rows]
+
     async def get_blobs(self, digests: Iterable[str]) -> dict[str, Blob]:
         wanted = list(dict.fromkeys(digests))
         if not wanted:
@@ -281,7 +312,17 @@ class _Reads(FleetReads):
         return None if row is None else dict(json.loads(row[0]))
 
 
-class Transaction(_Reads, FleetWrites):
+class Transaction(
+    _Reads,
+    FleetWrites,
+    AuditWrites,
+    ApprovalWrites,
+    BlobKeyWrites,
+    WebhookWrites,
+    TelemetryWrites,
+    RolloutWrites,
+    DriftWrites,
+):
     """Writes of one ``BEGIN IMMEDIATE`` transaction; reads see its own writes."""
 
     async def insert_model(
@@ -418,32 +459,6 @@ class Transaction(_Reads, FleetWrites):
         return await self._run(
             "INSERT INTO changes (at, kind, model, version, alias, data) VALUES (?,?,?,?,?,?)",
             (format_time(utcnow()), kind, model, version, alias, dumps(data or {})),
-        )
-
-    async def append_audit(
-        self,
-        *,
-        actor: str,
-        role: str,
-        action: str,
-        target: str,
-        outcome: str = "ok",
-        request_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        await self._run(
-            "INSERT INTO audit (at, actor, role, action, target, outcome, request_id, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                format_time(utcnow()),
-                actor,
-                role,
-                action,
-                target,
-                outcome,
-                request_id,
-                dumps(detail or {}),
-            ),
         )
 
     async def insert_token(self, token: Token, token_hash: str) -> None:

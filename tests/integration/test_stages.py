@@ -36,8 +36,13 @@ def test_one_step_forward_is_allowed_and_recorded(central_module: CentralProcess
 def test_full_walk_to_production(central_module: CentralProcess) -> None:
     model = unique("walk")
     register(central_module, model, "1.0.0")
-    for stage in ("training", "validation", "staging", "production"):
+    for stage in ("training", "validation", "staging"):
         assert _move(central_module, model, "1.0.0", stage)["stage"] == stage
+    # the default policy: production only through one approval (see test_approvals.py)
+    request = api_ok(
+        central_module, "PUT", _stage_path(model, "1.0.0"), 202, json={"stage": "production"}
+    )
+    assert (request["to_stage"], request["status"]) == ("production", "pending")
 
 
 @pytest.mark.parametrize(
