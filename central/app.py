@@ -156,6 +156,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     app[KEYS] = KeyService(
         store, config.key_dir, signer, states, root_expiry_days=config.root_expiry_days
     )
+    app[KEYS].root_file = config.data_dir / "root.json"
     app[FEED] = feed
     app[SYNC] = sync
     app[TELEMETRY] = TelemetryService(store, sync)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,20 +41,31 @@ class InitResult:
         }
 
 
-def init_data_dir(data_dir: Path) -> InitResult:
+def init_data_dir(data_dir: Path, *, key_dir: Path | None = None) -> InitResult:
     """Create a registry in ``data_dir``; refuses to touch an initialised one.
 
+    Args:
+        data_dir: The registry's data directory.
+        key_dir: Where to keep the private signing keys (default ``<data_dir>/keys``),
+            e.g. a separate, more tightly guarded volume.
+
     Raises:
-        ConflictError: ``data_dir`` already holds a registry or keys.
+        ConflictError: ``data_dir`` already holds a registry, or ``key_dir`` holds keys.
     """
     data_dir = data_dir.absolute()
-    for marker in (data_dir / "registry.db", data_dir / "keys", data_dir / CONFIG_FILE):
+    keys = data_dir / "keys" if key_dir is None else key_dir.absolute()
+    for marker in (data_dir / "registry.db", keys / ROOT_KEY_FILE, data_dir / CONFIG_FILE):
         if marker.exists():
-            raise ConflictError(f"{data_dir} is already initialised ({marker.name} exists)")
+            raise ConflictError(f"{data_dir} is already initialised ({marker} exists)")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (data_dir / CONFIG_FILE).write_text(default_toml(), encoding="utf-8")
+    text = default_toml()
+    if key_dir is not None:
+        text = text.replace(
+            "# signing_key_dir = (not set)", f"signing_key_dir = {json.dumps(str(keys))}"
+        )
+    (data_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
     config = CentralConfig.load(data_dir)
-    config.key_dir.mkdir(mode=0o700)
+    config.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root_key, targets_key = SigningKey.generate(), SigningKey.generate()
     save_signing_key(config.key_dir / ROOT_KEY_FILE, root_key)
     save_signing_key(config.key_dir / TARGETS_KEY_FILE, targets_key)

@@ -48,6 +48,7 @@ class CentralConfig:
     allow_plaintext: bool = False  # serve plain HTTP on a non-loopback address
     encryption: str = "off"  # blob files at rest: "off" or "on" (docs/encryption.md)
     master_key_file: Path | None = None  # base64 master key, mode 0600; unset: SKIFF_MASTER_KEY
+    signing_key_dir: Path | None = None  # private signing keys; unset: <data_dir>/keys
     encryption_segment_bytes: int = 1024**2  # plaintext bytes per encrypted segment (new blobs)
     drift_psi_warn: float = 0.1  # PSI of a feature from which drift is reported as "warn"
     drift_psi_alert: float = 0.25  # PSI from which a feature is "alert"
@@ -117,7 +118,10 @@ class CentralConfig:
 
     @property
     def key_dir(self) -> Path:
-        return self.data_dir / "keys"
+        """Where the private signing keys are (relative paths are in data_dir)."""
+        if self.signing_key_dir is None:
+            return self.data_dir / "keys"
+        return self.data_dir / self.signing_key_dir
 
     @property
     def master_key_path(self) -> Path | None:
@@ -155,7 +159,7 @@ class CentralConfig:
         if unknown:
             raise InvalidInputError(f"{path}: unknown settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("tls_cert_file", "tls_key_file", "master_key_file"):
+        for key in ("tls_cert_file", "tls_key_file", "master_key_file", "signing_key_dir"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(data_dir=data_dir, **values)

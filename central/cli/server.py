@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["init_data_dir", "register"]
 
 
-def init_data_dir(data_dir: Path) -> dict[str, Any]:
+def init_data_dir(data_dir: Path, key_dir: Path | None = None) -> dict[str, Any]:
     """Initialise ``data_dir``; return the ``InitResult`` as a dict.
 
     Raises:
@@ -32,7 +32,7 @@ def init_data_dir(data_dir: Path) -> dict[str, Any]:
     from central.bootstrap import init_data_dir as bootstrap
 
     try:
-        return dict(bootstrap(data_dir).to_dict())
+        return dict(bootstrap(data_dir, key_dir=key_dir).to_dict())
     except ConflictError as e:
         raise CliError(str(e)) from e
 
@@ -44,7 +44,7 @@ def export_lines(url: str, token: str) -> str:
 
 def _init(args: argparse.Namespace) -> None:
     out = output_for(args)
-    result = init_data_dir(args.data_dir)
+    result = init_data_dir(args.data_dir, args.key_dir)
     out.result(result, lambda r: _render_init(r, args.url))
 
 
@@ -87,6 +87,12 @@ def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
     verbs = central.add_subparsers(dest="verb", required=True, metavar="VERB")
     init = verbs.add_parser("init", parents=parents, help="create a new data directory")
     init.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    init.add_argument(
+        "--key-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the private signing keys here instead of DIR/keys (e.g. another volume)",
+    )
     init.set_defaults(handler=_init)
     serve = verbs.add_parser("serve", parents=parents, help="run the registry (blocking)")
     serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR")

@@ -75,6 +75,7 @@ class KeyService:
         self._states = states
         self._expiry_days = root_expiry_days
         self._lock = asyncio.Lock()
+        self.root_file = key_dir.parent / "root.json"  # the app points it at the data dir
 
     async def rotate(self, actor: Actor, role: str) -> dict[str, Any]:
         """Make a new root version with a fresh key for ``role``; returns its envelope."""
@@ -128,7 +129,7 @@ class KeyService:
             self._signer.replace(targets_key)
             self._states.use(self._signer)
         await asyncio.to_thread(
-            (self._key_dir.parent / "root.json").write_text, json.dumps(envelope)
+            self.root_file.write_text, json.dumps(envelope)
         )
         logger.info("Rotated the %s key: root version %d", role, current.version + 1)
         return envelope

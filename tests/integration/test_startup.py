@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
 
-from tests.support import REPO_ROOT, SKIFF, free_port, init_central, skiff_env
+from shared.manifest import verify_manifest
+from shared.trust import load_trusted_root
+from tests.support import (
+    REPO_ROOT,
+    SKIFF,
+    CentralProcess,
+    api_ok,
+    free_port,
+    init_central,
+    register,
+    run_skiff,
+    skiff_env,
+)
 
 EXIT_WITHIN = 10.0
 
@@ -55,3 +68,41 @@ def test_unreadable_signing_key_exits(tmp_path: Path) -> None:
     proc = _serve(central.data_dir, central.port)
     assert proc.returncode != 0
     assert "key" in (proc.stdout + proc.stderr).lower()
+
+
+def test_signing_keys_can_live_outside_the_data_dir(tmp_path: Path) -> None:
+    data_dir, key_dir = tmp_path / "data", tmp_path / "vault" / "keys"
+    out = run_skiff(
+        "central",
+        "init",
+        "--data-dir",
+        str(data_dir),
+        "--key-dir",
+        str(key_dir),
+        "--json",
+        env=skiff_env(),
+    )
+    assert not (data_dir / "keys").exists()
+    for name in ("root.key", "targets.key"):
+        assert (key_dir / name).stat().st_mode & 0o777 == 0o600
+    central = CentralProcess(data_dir, json.loads(out.stdout)["admin_token"])
+    central.start()
+    try:
+        register(central, "outside", "1.0.0")
+        root = load_trusted_root(api_ok(central, "GET", "/api/v1/root"))
+        manifest = api_ok(central, "GET", "/api/v1/models/outside/versions/1.0.0/manifest")
+        assert verify_manifest(root, manifest).version == "1.0.0"
+    finally:
+        central.stop()
+    again = run_skiff(
+        "central",
+        "init",
+        "--data-dir",
+        str(tmp_path / "other"),
+        "--key-dir",
+        str(key_dir),
+        env=skiff_env(),
+        check=False,
+    )
+    assert again.returncode != 0
+    assert "already initialised" in again.stderr
