@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.integration.edge_harness import Agent, point
+from tests.integration.test_webhooks import Receiver, add_webhook
 from tests.onnx_models import linear_model
 from tests.support import CentralProcess, api, api_ok, put_blob, run_skiff, running_central
 
@@ -74,6 +75,8 @@ def test_shifted_inputs_raise_a_drift_alert(
     central: CentralProcess, fleet: Callable[..., Agent], tmp_path: Path
 ) -> None:
     model = "drifty"
+    receiver = Receiver().start()  # the retraining pipeline's endpoint
+    add_webhook(central, receiver.url, ["drift.alert"])
     _push_with_reference(central, tmp_path, model)
     version = api_ok(central, "GET", f"/api/v1/models/{model}/versions/1.0.0")
     assert set(version["metadata"]["reference"]["features"]) == {"X[0]", "X[1]", "X[2]"}
@@ -121,6 +124,14 @@ def test_shifted_inputs_raise_a_drift_alert(
     assert elsewhere["features"]["X[0]"]["level"] == "insufficient"
     time.sleep(1.5)  # further checks: still alerting, so no second alert
     assert len(_drift_alerts(central, model)) == 1
+    # and the team heard of it: a signed drift.alert webhook, only that event
+    try:
+        got = receiver.wait_for(lambda r: bool(r), "the drift.alert webhook")
+    finally:
+        receiver.stop()
+    assert [r.doc["event"] for r in got] == ["drift.alert"]
+    assert got[0].signature_ok and got[0].fresh
+    assert got[0].doc["data"]["data"]["feature"] == "X[0]"  # the change, as the log has it
 
 
 def test_a_bad_reference_file_fails_the_push(central: CentralProcess, tmp_path: Path) -> None:
