@@ -17,8 +17,8 @@ from typing import Any
 
 from edge_agent.cache import Cache
 from edge_agent.rollouts import AbRouter, Split
-from edge_agent.slots import LoadError, SlotManager
-from shared.errors import EqualVersionError, RepositoryError, SkiffError
+from edge_agent.slots import LoadError, ModelSource, SlotManager
+from shared.errors import EqualVersionError, NotFoundError, RepositoryError, SkiffError
 from shared.fleet import FleetState, TrustedState
 from shared.manifest import FileEntry, Manifest
 from shared.rollout import AB, CANARY, RolloutPlan, in_canary
@@ -133,10 +133,8 @@ class Agent:
         for entry in manifest.files:
             if not await self.cache.has_blob(entry.digest):
                 raise LoadError(f"blob {entry.digest} of {model} is not cached")
-        model_dir = await self.cache.materialise(manifest_digest, manifest.files)
-        await self.slots.install(
-            model, manifest.version, manifest_digest, model_dir / _main_file(manifest)
-        )
+        source = await self._model_source(manifest_digest, manifest)
+        await self.slots.install(model, manifest.version, manifest_digest, source)
         if self.on_loaded is not None:
             self.on_loaded(model, manifest.version, found[1])
 
@@ -278,14 +276,14 @@ class Agent:
         slot = self.slots.slots.get(model)
         loaded = None if slot is None else slot.variants.get(plan.candidate_version)
         if loaded is None or loaded.manifest_digest != plan.candidate_digest:
-            path = await self._fetch_files(
+            source = await self._fetch_files(
                 model, plan.candidate_version, plan.candidate_digest, fetch
             )
-            if path is None:
+            if source is None:
                 return
             try:
                 await self.slots.load_variant(
-                    model, plan.candidate_version, plan.candidate_digest, path
+                    model, plan.candidate_version, plan.candidate_digest, source
                 )
             except LoadError as e:
                 await self.cache.mark_bad(
@@ -300,8 +298,8 @@ class Agent:
 
     async def _fetch_files(
         self, model: str, version: str, digest: str, fetch: BlobSource
-    ) -> Path | None:
-        """Fetch and verify a version's blobs; the path of its model file (None on failure)."""
+    ) -> ModelSource | None:
+        """Fetch and verify a version's blobs; its model to load (None on failure)."""
         found = await self.cache.manifest(digest)
         if found is None:
             return None  # its manifest failed verification; already recorded
@@ -312,13 +310,31 @@ class Agent:
         except RepositoryError as e:
             self.record_error(f"download {model}@{version}", e)
             return None
-        model_dir = await self.cache.materialise(digest, manifest.files)
         try:
-            return model_dir / _main_file(manifest)
+            return await self._model_source(digest, manifest)
         except LoadError as e:
             await self.cache.mark_bad(model, version, digest, str(e))
             self.record_error(f"load {model}@{version}", e)
             return None
+        except (RepositoryError, NotFoundError) as e:  # the encrypted cache lost the blob
+            self.record_error(f"load {model}@{version}", e)
+            return None
+
+    async def _model_source(self, digest: str, manifest: Manifest) -> ModelSource:
+        """The model file of a cached version: a materialised path, or decrypted bytes.
+
+        Raises:
+            LoadError: The version has no single model file.
+            RepositoryError: An encrypted blob fails authentication.
+            NotFoundError: A blob is not in the cache.
+        """
+        main = _main_file(manifest)
+        if not self.cache.encrypted:
+            model_dir = await self.cache.materialise(digest, manifest.files)
+            return ModelSource(path=model_dir / main)
+        entry = next(f for f in manifest.files if f.path == main)
+        data = await self.cache.read_blob(entry.digest)
+        return ModelSource(data=data, other_files=len(manifest.files) - 1)
 
     async def _loaded(self, model: str, version: str, digest: str) -> None:
         found = await self.cache.manifest(digest)
@@ -327,13 +343,13 @@ class Agent:
         await self.cache.touch(digest)
 
     async def _install(self, model: str, version: str, digest: str, fetch: BlobSource) -> None:
-        path = await self._fetch_files(model, version, digest, fetch)
-        if path is None:
+        source = await self._fetch_files(model, version, digest, fetch)
+        if source is None:
             return
         slot = self.slots.add(model)
         before = slot.serving
         try:
-            await self.slots.install(model, version, digest, path)
+            await self.slots.install(model, version, digest, source)
         except LoadError as e:
             await self.cache.mark_bad(model, version, digest, str(e))
             self.record_error(f"load {model}@{version}", e)

@@ -3,7 +3,8 @@
 Layout under the data directory::
 
     cache.db                                  catalogue (WAL)
-    blobs/sha256/<2 hex>/<64 hex>             uncompressed, verified blobs (read-only)
+    blobs/sha256/<2 hex>/<64 hex>             uncompressed, verified blobs (read-only;
+                                              encrypted with a device key, see below)
     blobs/tmp/                                staged files on their way into the store
     partial/<64 hex>.zst.part                 resumable downloads of compressed blobs
     models/<manifest hex>/<file path>         a version's files, hard links to the blobs
@@ -13,6 +14,11 @@ SQL statement is bound, every write runs in one ``BEGIN IMMEDIATE``
 transaction on one connection, and file work (hashing, moves, links) runs in
 worker threads. ``last_used`` is a logical clock, not wall time, so that LRU
 order survives a device clock that jumps.
+
+With a device key (``cache_key_file``) every blob file is in the segment format of
+:mod:`shared.segments` under its own data key, kept wrapped by the device key in
+``blob_keys``; no model directories are laid out and partial downloads are not kept
+(docs/encryption.md, "Edge cache").
 """
 
 from __future__ import annotations
@@ -34,9 +40,17 @@ from typing import Any
 
 import aiosqlite
 
+from edge_agent._cachecrypt import (
+    encrypt_file,
+    file_is_encrypted,
+    hash_plain,
+    plain_size,
+    read_plain,
+)
 from shared._fsutil import fsync_dir
 from shared.digest import parse_digest, sha256_file
 from shared.errors import (
+    DecryptionError,
     DigestMismatchError,
     FormatError,
     InvalidInputError,
@@ -45,6 +59,7 @@ from shared.errors import (
     SkiffError,
 )
 from shared.manifest import FileEntry, manifest_digest, validate_path
+from shared.segments import key_id, new_key, unwrap_key, wrap_key
 from shared.timeutil import format_time, utcnow
 
 __all__ = ["Cache", "ReconcileReport"]
@@ -56,6 +71,7 @@ _PART_SUFFIX = ".zst.part"
 _KEY_FLEET_STATE = "fleet_state"
 _KEY_CURSOR = "cursor"
 _KEY_LAST_CONTACT = "last_contact"
+_SETTING_KEY_ID = "device_key_id"
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -78,6 +94,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " PRIMARY KEY (model, manifest_digest))",
         "CREATE TABLE telemetry_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
         " batch_id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, body TEXT NOT NULL)",
+    ),
+    (
+        "CREATE TABLE cache_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE blob_keys (digest TEXT PRIMARY KEY"
+        " REFERENCES blobs(digest) ON DELETE CASCADE, wrapped BLOB NOT NULL)",
     ),
 )
 
@@ -109,9 +130,16 @@ def _dumps(obj: Any) -> str:
 class Cache:
     """The catalogue and files of one device. Build it with :meth:`open`."""
 
-    def __init__(self, data_dir: Path, db: aiosqlite.Connection, budget_bytes: int) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        db: aiosqlite.Connection,
+        budget_bytes: int,
+        device_key: bytes | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.budget_bytes = budget_bytes
+        self._device_key = device_key
         self._db = db
         self._lock = asyncio.Lock()
         self._clock = 0
@@ -122,8 +150,16 @@ class Cache:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, data_dir: Path, *, budget_bytes: int) -> Cache:
-        """Open (creating if needed) the cache in ``data_dir`` and migrate its schema."""
+    async def open(
+        cls, data_dir: Path, *, budget_bytes: int, device_key: bytes | None = None
+    ) -> Cache:
+        """Open (creating if needed) the cache in ``data_dir`` and migrate its schema.
+
+        With ``device_key``, blobs stored in the clear are encrypted in place first.
+
+        Raises:
+            SkiffError: The cache is encrypted but no key, or another key, is given.
+        """
         if budget_bytes < 0:
             raise InvalidInputError(f"expected a cache budget >= 0, got {budget_bytes}")
         data_dir = Path(data_dir)
@@ -138,8 +174,9 @@ class Cache:
                 "PRAGMA busy_timeout=5000",
             ):
                 await db.execute(pragma)
-            cache = cls(data_dir, db, budget_bytes)
+            cache = cls(data_dir, db, budget_bytes, device_key)
             await cache._migrate()
+            await cache._apply_device_key()
             row = await cache._one(
                 "SELECT max(coalesce((SELECT max(last_used) FROM manifests), 0),"
                 " coalesce((SELECT max(last_used) FROM blobs), 0))"
@@ -177,6 +214,76 @@ class Cache:
                     (version, _now()),
                 )
             logger.info("Cache schema migrated to version %d", version)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether blobs are stored encrypted with a device key."""
+        return self._device_key is not None
+
+    async def _apply_device_key(self) -> None:
+        row = await self._one("SELECT value FROM cache_settings WHERE key = ?", (_SETTING_KEY_ID,))
+        stored = None if row is None else str(row["value"])
+        if self._device_key is None:
+            if stored is not None:
+                raise SkiffError(
+                    f"the cache in {self.data_dir} is encrypted with device key {stored}:"
+                    " set cache_key_file to the file holding that key"
+                )
+            return
+        current = key_id(self._device_key)
+        if stored is not None and stored != current:
+            raise SkiffError(
+                f"the cache in {self.data_dir} is encrypted with device key {stored}, but"
+                f" cache_key_file holds key {current}"
+            )
+        if stored is None:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO cache_settings (key, value) VALUES (?, ?)",
+                    (_SETTING_KEY_ID, current),
+                )
+            logger.info("Cache encryption on (device key %s)", current)
+        await asyncio.to_thread(_drop_plaintext_copies, self.data_dir)
+        for r in await self._all("SELECT digest FROM blobs ORDER BY digest"):
+            await self._encrypt_in_place(r["digest"])
+
+    async def _encrypt_in_place(self, digest: str) -> None:
+        """Encrypt a blob stored in the clear; safe to repeat after a crash at any point."""
+        assert self._device_key is not None
+        path = self.blob_path(digest)
+        try:
+            if await asyncio.to_thread(file_is_encrypted, path):
+                return
+        except OSError:
+            return  # missing: reconcile drops its row
+        data_key = new_key()
+        tmp = self.staging_path(digest)
+        try:
+            await asyncio.to_thread(encrypt_file, path, tmp, key=data_key, digest=digest)
+            # the key first: a crash before the rename leaves the file in the clear,
+            # and the next start encrypts it again under a new key
+            await self._put_key(digest, data_key)
+            await asyncio.to_thread(_replace_into, tmp, path)
+        finally:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        logger.info("Encrypted cached blob %s in place", digest)
+
+    async def _put_key(self, digest: str, data_key: bytes) -> None:
+        assert self._device_key is not None
+        wrapped = wrap_key(self._device_key, data_key, digest)
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO blob_keys (digest, wrapped) VALUES (?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET wrapped = excluded.wrapped",
+                (digest, wrapped),
+            )
+
+    async def _data_key(self, digest: str) -> bytes:
+        assert self._device_key is not None
+        row = await self._one("SELECT wrapped FROM blob_keys WHERE digest = ?", (digest,))
+        if row is None:
+            raise NotFoundError(f"blob {digest} has no data key in the cache")
+        return unwrap_key(self._device_key, bytes(row["wrapped"]), digest)
 
     # -- SQL helpers ----------------------------------------------------------------------
 
@@ -375,21 +482,72 @@ class Cache:
         """Tell whether the verified blob ``digest`` is stored."""
         return await self._one("SELECT 1 FROM blobs WHERE digest = ?", (digest,)) is not None
 
-    async def add_blob_from(self, staged_raw: Path, digest: str, size: int) -> None:
+    async def add_blob_from(
+        self, staged_raw: Path, digest: str, size: int, *, data_key: bytes | None = None
+    ) -> None:
         """Move a verified, fsynced staged file into the store and record it (idempotent).
+
+        With encryption on, a staged file already encrypted under ``data_key`` is moved
+        as it is; a staged file in the clear (no ``data_key``) is encrypted into place
+        and deleted.
 
         Raises:
             LengthError: The staged file does not hold ``size`` bytes.
         """
         dst = self.blob_path(digest)
-        await asyncio.to_thread(_install_blob, staged_raw, dst, size)
+        if self._device_key is None:
+            await asyncio.to_thread(_install_blob, staged_raw, dst, size)
+        elif data_key is None:
+            data_key = new_key()
+            encrypted = self.staging_path(digest)
+            try:
+                await asyncio.to_thread(_check_size, staged_raw, size)
+                await asyncio.to_thread(
+                    encrypt_file, staged_raw, encrypted, key=data_key, digest=digest
+                )
+                await asyncio.to_thread(staged_raw.unlink, missing_ok=True)
+                await asyncio.to_thread(_install_encrypted, encrypted, dst, data_key, digest, size)
+            finally:
+                await asyncio.to_thread(encrypted.unlink, missing_ok=True)
+        else:
+            await asyncio.to_thread(_install_encrypted, staged_raw, dst, data_key, digest, size)
         async with self._tx() as db:
             await db.execute(
                 "INSERT INTO blobs (digest, size, last_used) VALUES (?, ?, ?)"
                 " ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used",
                 (digest, size, self._tick()),
             )
+            if self._device_key is not None and data_key is not None:
+                await db.execute(
+                    "INSERT INTO blob_keys (digest, wrapped) VALUES (?, ?)"
+                    " ON CONFLICT (digest) DO UPDATE SET wrapped = excluded.wrapped",
+                    (digest, wrap_key(self._device_key, data_key, digest)),
+                )
         logger.debug("Stored blob %s (%d bytes)", digest, size)
+
+    async def read_blob(self, digest: str) -> bytes:
+        """The verified plaintext of an encrypted blob, decrypted into memory.
+
+        Raises:
+            NotFoundError: The blob or its data key is not in the cache.
+            DecryptionError: The file fails authentication or does not hash to ``digest``
+                (the blob is dropped, to be fetched again).
+        """
+        if self._device_key is None:
+            raise RuntimeError("read_blob is for an encrypted cache")
+        data_key = await self._data_key(digest)
+        path = self.blob_path(digest)
+        try:
+            return await asyncio.to_thread(read_plain, path, key=data_key, digest=digest)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"blob {digest} is not in the cache") from e
+        except (DecryptionError, FormatError):
+            # dropped like a corrupt blob: the next sync fetches it again
+            async with self._tx() as db:
+                await db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            logger.warning("Blob file %s fails decryption; dropped", digest)
+            raise
 
     async def usage(self) -> int:
         """Return the bytes taken by the stored blobs."""
@@ -412,6 +570,8 @@ class Cache:
             InvalidInputError: A file path is unsafe or clashes with another.
             NotFoundError: A blob is not in the cache.
         """
+        if self._device_key is not None:
+            raise RuntimeError("an encrypted cache lays out no model directories")
         target = self.model_dir(manifest_digest)
         plan = [(validate_path(f.path), self.blob_path(f.digest)) for f in files]
         return await asyncio.to_thread(_materialise, target, plan)
@@ -522,7 +682,15 @@ class Cache:
         manifests: dict[str, list[tuple[str, str, int]]] = {r["digest"]: [] for r in manifest_rows}
         for r in refs:
             manifests[r["manifest_digest"]].append((r["path"], r["blob_digest"], int(r["size"])))
-        report = await asyncio.to_thread(_reconcile_files, self.data_dir, blobs, manifests)
+        keys: dict[str, bytes] | None = None
+        if self._device_key is not None:
+            keys = {}
+            for r in await self._all("SELECT digest, wrapped FROM blob_keys"):
+                with contextlib.suppress(SkiffError):  # a key that does not unwrap: corrupt
+                    keys[r["digest"]] = unwrap_key(
+                        self._device_key, bytes(r["wrapped"]), r["digest"]
+                    )
+        report = await asyncio.to_thread(_reconcile_files, self.data_dir, blobs, manifests, keys)
         if report.missing_or_corrupt:
             async with self._tx() as db:
                 await db.executemany(
@@ -557,14 +725,36 @@ def _make_dirs(data_dir: Path) -> None:
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _install_blob(staged: Path, dst: Path, size: int) -> None:
+def _check_size(staged: Path, size: int) -> None:
     actual = staged.stat().st_size
     if actual != size:
         raise LengthError(f"expected a staged blob of {size} bytes, got {actual}")
+
+
+def _install_blob(staged: Path, dst: Path, size: int) -> None:
+    _check_size(staged, size)
+    _replace_into(staged, dst)
+
+
+def _install_encrypted(staged: Path, dst: Path, data_key: bytes, digest: str, size: int) -> None:
+    actual = plain_size(staged, key=data_key, digest=digest)
+    if actual != size:
+        raise LengthError(f"expected a staged blob of {size} bytes, got {actual}")
+    _replace_into(staged, dst)
+
+
+def _replace_into(staged: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(staged, 0o444)
     os.replace(staged, dst)
     fsync_dir(dst.parent)
+
+
+def _drop_plaintext_copies(data_dir: Path) -> None:
+    """Remove what may hold model bytes in the clear besides blob files (encryption on)."""
+    for sub in ("models", "blobs/tmp", "partial"):
+        for entry in _listdir(data_dir / sub):
+            _remove(entry)
 
 
 def _materialise(target: Path, plan: Iterable[tuple[str, Path]]) -> Path:
@@ -621,7 +811,10 @@ def _remove_evicted(data_dir: Path, blob_paths: Iterable[Path], keep_dirs: set[s
 
 
 def _reconcile_files(
-    data_dir: Path, blobs: Mapping[str, int], manifests: Mapping[str, list[tuple[str, str, int]]]
+    data_dir: Path,
+    blobs: Mapping[str, int],
+    manifests: Mapping[str, list[tuple[str, str, int]]],
+    keys: Mapping[str, bytes] | None = None,
 ) -> ReconcileReport:
     report = ReconcileReport()
 
@@ -643,7 +836,7 @@ def _reconcile_files(
             if not named or digest not in blobs or path.is_symlink() or not path.is_file():
                 orphan(path)
                 continue
-            actual, size = sha256_file(path)
+            actual, size = _hash_blob(path, digest, keys)
             if actual != digest or size != blobs[digest]:
                 logger.warning("Blob file %s is corrupt (hashes to %s)", digest, actual)
                 path.unlink()
@@ -652,14 +845,19 @@ def _reconcile_files(
     report.missing_or_corrupt = sorted(set(blobs) - found)
     for path in _listdir(data_dir / "partial"):
         name = path.name.removesuffix(_PART_SUFFIX)
-        if path.name.endswith(_PART_SUFFIX) and _HEX64.fullmatch(name) and path.is_file():
+        if (
+            keys is None
+            and path.name.endswith(_PART_SUFFIX)
+            and _HEX64.fullmatch(name)
+            and path.is_file()
+        ):
             report.partials_kept.append(f"sha256:{name}")
         else:
             orphan(path)
     for path in _listdir(data_dir / "models"):
         digest = f"sha256:{path.name}"
         files = manifests.get(digest)
-        if files is None or not _HEX64.fullmatch(path.name):
+        if files is None or keys is not None or not _HEX64.fullmatch(path.name):
             orphan(path)
             if _HEX64.fullmatch(path.name):
                 report.model_dirs_removed.append(digest)
@@ -667,6 +865,20 @@ def _reconcile_files(
             _remove(path)
             report.model_dirs_removed.append(digest)
     return report
+
+
+def _hash_blob(path: Path, digest: str, keys: Mapping[str, bytes] | None) -> tuple[str, int]:
+    """``(sha256:<hex>, size)`` of a blob's content; ``("", -1)`` if it does not decrypt."""
+    if keys is None:
+        return sha256_file(path)
+    data_key = keys.get(digest)
+    if data_key is None:
+        return "", -1
+    try:
+        return hash_plain(path, key=data_key, digest=digest)
+    except SkiffError as e:
+        logger.warning("Blob file %s fails decryption: %s", digest, e)
+        return "", -1
 
 
 def _model_dir_complete(

@@ -1,4 +1,4 @@
-"""``skiff edge``: run the agent, or show what a running agent serves."""
+"""``skiff edge``: run the agent, show what a running agent serves, or make a cache key."""
 
 from __future__ import annotations
 
@@ -26,7 +26,22 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", type=Path, help="edge.toml (to find the agent's address)")
     status.add_argument("--url", help="the agent's base URL, e.g. http://127.0.0.1:8500")
     status.add_argument("--json", action="store_true", help="print JSON")
+    gen_key = sub.add_parser(
+        "gen-key", help="write a new device key file (mode 0600) for cache_key_file"
+    )
+    gen_key.add_argument("-o", "--output", type=Path, required=True, help="key file to create")
     return parser
+
+
+def _gen_key(args: argparse.Namespace) -> int:
+    from edge_agent.cache_key import generate_cache_key_file
+    from shared.segments import key_id
+
+    key = generate_cache_key_file(args.output)
+    print(f"wrote device key {key_id(key)} to {args.output} (mode 0600)")
+    print(f"set cache_key_file = {json.dumps(str(args.output))} in edge.toml; keep a copy:")
+    print("without it the encrypted cache cannot be read")
+    return 0
 
 
 def _status_url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
@@ -90,6 +105,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "status":
             return _status(args)
+        if args.command == "gen-key":
+            return _gen_key(args)
         from edge_agent.config import EdgeConfig
         from edge_agent.daemon import run
 

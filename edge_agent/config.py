@@ -48,6 +48,7 @@ class EdgeConfig:
     tls_cert_file: Path | None = None  # PEM certificate; with tls_key_file, inference over HTTPS
     tls_key_file: Path | None = None  # PEM private key of tls_cert_file
     allow_plaintext: bool = False  # plain HTTP to or on non-loopback addresses
+    cache_key_file: Path | None = None  # 0600 device key: blobs encrypted at rest
 
     def __post_init__(self) -> None:
         validate_name(self.device_id, "device id")
@@ -104,7 +105,14 @@ class EdgeConfig:
         if unknown:
             raise InvalidInputError(f"{path}: unknown settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("data_dir", "sideload_dir", "ca_file", "tls_cert_file", "tls_key_file"):
+        for key in (
+            "data_dir",
+            "sideload_dir",
+            "ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "cache_key_file",
+        ):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         missing = {"central_url", "device_id", "token", "fleet", "trusted_root"} - set(values)

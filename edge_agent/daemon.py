@@ -20,6 +20,7 @@ from aiohttp import web
 import shared
 from edge_agent.agent import Agent
 from edge_agent.cache import Cache
+from edge_agent.cache_key import read_cache_key
 from edge_agent.config import EdgeConfig
 from edge_agent.fetcher import Fetcher
 from edge_agent.inference_api import setup_inference_routes
@@ -88,7 +89,12 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     """Run the agent until ``stop`` is set; then drain requests and close everything."""
     await asyncio.to_thread(config.data_dir.mkdir, parents=True, exist_ok=True)
     registry = MetricsRegistry()
-    cache = await Cache.open(config.data_dir, budget_bytes=config.cache_budget_bytes)
+    device_key = None
+    if config.cache_key_file is not None:
+        device_key = await asyncio.to_thread(read_cache_key, config.cache_key_file)
+    cache = await Cache.open(
+        config.data_dir, budget_bytes=config.cache_budget_bytes, device_key=device_key
+    )
     slots = SlotManager(inference_threads=config.inference_threads, metrics=registry)
     agent = Agent(
         fleet=config.fleet,

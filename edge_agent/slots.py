@@ -38,6 +38,7 @@ __all__ = [
     "InferenceError",
     "LoadError",
     "LoadedVersion",
+    "ModelSource",
     "NotReadyError",
     "Slot",
     "SlotManager",
@@ -76,6 +77,26 @@ class InferenceError(SkiffError):
 
     code = "inference_failed"
     status = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A verified ONNX model to load: a file, or its bytes (from an encrypted cache).
+
+    Attributes:
+        path: The ``.onnx`` file (its external data files, if any, beside it).
+        data: The model's bytes; external data files cannot be resolved from these.
+        other_files: How many other files the version has (named in load errors of
+            in-memory models, which cannot reach them).
+    """
+
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+    other_files: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("a model source has exactly one of path and data")
 
 
 @dataclass(frozen=True)
@@ -173,7 +194,7 @@ class SlotManager:
         return all(slot.serving is not None for slot in self._slots.values())
 
     async def install(
-        self, model: str, version: str, manifest_digest: str, model_path: Path
+        self, model: str, version: str, manifest_digest: str, model_path: Path | ModelSource
     ) -> LoadedVersion:
         """Load, warm up and health-check a version, then make it the one served.
 
@@ -183,7 +204,7 @@ class SlotManager:
             model: The slot's model name (created if missing).
             version: The version's semver.
             manifest_digest: Digest of the signed manifest the file was verified against.
-            model_path: The verified ``.onnx`` file.
+            model_path: The verified ``.onnx`` file, or a :class:`ModelSource`.
 
         Raises:
             HealthCheckError: An output of the warm-up run is NaN or infinite.
@@ -213,7 +234,7 @@ class SlotManager:
             return loaded
 
     async def load_variant(
-        self, model: str, version: str, manifest_digest: str, model_path: Path
+        self, model: str, version: str, manifest_digest: str, model_path: Path | ModelSource
     ) -> LoadedVersion:
         """Load a version beside the served one (an A/B candidate), checked like an install.
 
@@ -451,16 +472,22 @@ class SlotManager:
         if self._metrics:
             self._metrics.loads.inc(model=model, result=result)
 
-    def _load(self, model: str, version: str, digest: str, path: Path) -> LoadedVersion:
+    def _load(
+        self, model: str, version: str, digest: str, source: Path | ModelSource
+    ) -> LoadedVersion:
         """Build, warm up and check a session. Runs in a worker thread."""
         label = f"model {model} version {version}"
+        if not isinstance(source, ModelSource):
+            source = ModelSource(path=source)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self._intra_op_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
             session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                source.data if source.data is not None else str(source.path),
+                options,
+                providers=["CPUExecutionProvider"],
             )
             inputs = tuple(
                 TensorSpec.from_ort(a.name, a.type, a.shape) for a in session.get_inputs()
@@ -469,6 +496,12 @@ class SlotManager:
                 TensorSpec.from_ort(a.name, a.type, a.shape) for a in session.get_outputs()
             )
         except Exception as e:
+            if source.data is not None and source.other_files:
+                raise LoadError(
+                    f"{label} does not load from memory: {e}. With cache_key_file set the"
+                    f" agent loads models from decrypted bytes and cannot read the"
+                    f" {source.other_files} other file(s) of the version (ONNX external data)"
+                ) from e
             raise LoadError(f"{label} does not load: {e}") from e
         inputs, results = self._warm_up(label, session, inputs)
         for spec, value in zip(outputs, results, strict=True):

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SEGMENT_SIZE",
     "MIN_SEGMENT_SIZE",
     "SegmentReader",
+    "SegmentWriter",
     "decode_key",
     "encrypt_stream",
     "is_encrypted",
@@ -274,3 +275,51 @@ def open_plain(f: BinaryIO, *, key: bytes, digest: str) -> BinaryIO:
         f.close()
         raise
     return io.BufferedReader(reader, buffer_size=reader.segment_size)
+
+
+class SegmentWriter:
+    """Push-style :func:`encrypt_stream`: :meth:`write` plaintext as it comes, then :meth:`finish`.
+
+    Produces exactly the bytes ``encrypt_stream`` would for the same plaintext and key
+    (up to the random nonces), for a producer that cannot be read from (a verifier).
+    """
+
+    def __init__(
+        self,
+        dst: BinaryIO,
+        *,
+        key: bytes,
+        digest: str,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> None:
+        if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+            raise InvalidInputError(
+                f"segment size must be {MIN_SEGMENT_SIZE}..{MAX_SEGMENT_SIZE}, got {segment_size}"
+            )
+        self._dst = dst
+        self._raw = bytes.fromhex(parse_digest(digest))
+        self._aead = AESGCM(key)
+        self._segment_size = segment_size
+        self._buffer = bytearray()
+        self._index = 0
+        self.total = 0
+        dst.write(_HEADER.pack(MAGIC, FORMAT_VERSION, segment_size, self._raw))
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.total += len(data)
+        # a full segment is written only once more data shows it is not the last one
+        while len(self._buffer) > self._segment_size:
+            self._emit(bytes(self._buffer[: self._segment_size]), last=False)
+            del self._buffer[: self._segment_size]
+
+    def finish(self) -> int:
+        """Write the last segment; returns the plaintext length."""
+        self._emit(bytes(self._buffer), last=True)
+        self._buffer.clear()
+        return self.total
+
+    def _emit(self, chunk: bytes, *, last: bool) -> None:
+        nonce = os.urandom(NONCE_SIZE)
+        self._dst.write(nonce + self._aead.encrypt(nonce, chunk, _ad(self._raw, self._index, last)))
+        self._index += 1

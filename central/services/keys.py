@@ -128,8 +128,6 @@ class KeyService:
         if role == "targets":
             self._signer.replace(targets_key)
             self._states.use(self._signer)
-        await asyncio.to_thread(
-            self.root_file.write_text, json.dumps(envelope)
-        )
+        await asyncio.to_thread(self.root_file.write_text, json.dumps(envelope))
         logger.info("Rotated the %s key: root version %d", role, current.version + 1)
         return envelope

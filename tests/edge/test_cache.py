@@ -127,7 +127,7 @@ async def test_round_trip_of_every_table_survives_reopen(tmp_path: Path) -> None
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"roots", "trusted", "manifests", "blobs", "slots", "bad_versions"} <= tables
-        assert {"telemetry_outbox", "schema_migrations"} <= tables
+        assert {"telemetry_outbox", "schema_migrations", "cache_settings", "blob_keys"} <= tables
         db.execute(
             "INSERT INTO telemetry_outbox (batch_id, created_at, body) VALUES ('b1', 't', '{}')"
         )
@@ -135,7 +135,7 @@ async def test_round_trip_of_every_table_survives_reopen(tmp_path: Path) -> None
             db.execute(
                 "INSERT INTO telemetry_outbox (batch_id, created_at, body) VALUES ('b1', 't', '{}')"
             )
-        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 2
 
 
 async def test_put_manifest_checks_the_digest(cache: Cache) -> None:
