@@ -102,6 +102,7 @@ class RegistryService:
         max_model_bytes: int,
     ) -> None:
         self._fleets = fleets
+        self._signatures: dict[str, dict[str, Any]] = {}  # ONNX signature by model file digest
         self._store = store
         self._blobs = blobs
         self._signer = signer
@@ -196,11 +197,9 @@ class RegistryService:
         async with self._store.transaction() as tx:
             for p in prepared:
                 ids.append(await self._insert(tx, actor, p))
-        out = []
-        for version_id in ids:
-            v = await self._store.get_version_by_id(version_id)
-            assert v is not None  # committed above
-            out.append(v)
+        out = await self._store.get_versions_by_ids(ids)
+        assert len(out) == len(ids)  # committed above
+        for v in out:
             logger.info("Registered %s@%s (%s)", v.model, v.version, v.format)
         return out
 
@@ -231,10 +230,14 @@ class RegistryService:
         signature, sig_digest = None, None
         if fmt == ONNX:
             main = next(f for f in files if f.path == onnx_main_file(paths))
-            signature = await self._store.onnx_signature(main.digest)
+            signature = self._signatures.get(main.digest)
+            if signature is None:
+                signature = await self._store.onnx_signature(main.digest)
             if signature is None:
                 signature = await self._validate_onnx(files, main)
                 sig_digest = main.digest
+            elif len(self._signatures) < 10_000:  # validated before: immutable, keep it
+                self._signatures[main.digest] = signature
         return _Prepared(r, files, fmt, signature, sig_digest)
 
     async def _validate_onnx(self, files: tuple[FileEntry, ...], main: FileEntry) -> dict[str, Any]:

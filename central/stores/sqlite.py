@@ -128,6 +128,19 @@ class _Reads(
         found = await self._versions(rows)
         return found[0] if found else None
 
+    async def get_versions_by_ids(self, ids: Sequence[int]) -> list[Version]:
+        """Versions by id, in the order of ``ids`` (one query)."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+            f"WHERE v.id IN ({marks})",
+            list(ids),
+        )
+        by_id = {v.id: v for v in await self._versions(rows)}
+        return [by_id[i] for i in ids if i in by_id]
+
     async def version_by_manifest(self, manifest_digest: str) -> Version | None:
         rows = await self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
@@ -385,15 +398,17 @@ class Transaction(
             "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
-        await conn.executemany(
-            "INSERT INTO version_tags (version_id, key, value) VALUES (?, ?, ?)",
-            [(version_id, k, val) for k, val in v.tags.items()],
-        )
+        if v.tags:  # each statement is a hop to the database thread: skip empty ones
+            await conn.executemany(
+                "INSERT INTO version_tags (version_id, key, value) VALUES (?, ?, ?)",
+                [(version_id, k, val) for k, val in v.tags.items()],
+            )
         metrics = v.metadata.get("training", {}).get("metrics", {})
-        await conn.executemany(
-            "INSERT INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
-            [(version_id, k, float(val)) for k, val in metrics.items()],
-        )
+        if metrics:
+            await conn.executemany(
+                "INSERT INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
+                [(version_id, k, float(val)) for k, val in metrics.items()],
+            )
         if v.description:
             await self._run(
                 "INSERT INTO version_text (rowid, description) VALUES (?, ?)",
