@@ -147,6 +147,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     app[ALIASES] = aliases
     policy = await asyncio.to_thread(load_policy, config.policy_path)
     compliance = ComplianceService(policy, store)
+    app[REGISTRY].sensitive_paths = policy.sensitive
     app[COMPLIANCE] = compliance
     app[APPROVALS] = ApprovalService(store, app[REGISTRY], aliases, compliance)
     app[SEARCH] = SearchService(store)

@@ -93,6 +93,22 @@ class Version:
     metadata_digest: str
     created_at: str
     aliases: tuple[str, ...] = ()
+    # The document the manifest signs when it differs from document() (sensitive fields
+    # masked for devices); None: document() itself.
+    signed_metadata: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The full metadata document: the sections, description, tags, I/O signature."""
+        return {
+            **self.metadata,
+            "description": self.description,
+            "tags": self.tags,
+            "signature": self.signature,
+        }
+
+    def signed_document(self) -> dict[str, Any]:
+        """The document whose digest the manifest signs: what devices and bundles carry."""
+        return self.signed_metadata if self.signed_metadata is not None else self.document()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -161,7 +161,8 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         M + "/versions/{version}/metadata",
         versions.get_metadata,
-        "Metadata document the manifest signs",
+        "Metadata document: full (masked per role), or the view=signed one the manifest signs",
+        query=("view",),
         permission=READ,
     ),
     Route(

@@ -69,8 +69,14 @@ async def get_manifest(request: web.Request) -> web.Response:
 
 
 async def get_metadata(request: web.Request) -> web.Response:
+    view = request.query.get("view", "full")
+    if view not in ("full", "signed"):
+        raise InvalidInputError(f"view must be 'full' or 'signed', got {view!r:.40}")
     document = await request.app[REGISTRY].metadata_document(
-        request[ACTOR], request.match_info["model"], request.match_info["version"]
+        request[ACTOR],
+        request.match_info["model"],
+        request.match_info["version"],
+        signed=view == "signed",
     )
     return json_response(request, request.app[COMPLIANCE].document(request[ACTOR], document))
 

@@ -172,12 +172,7 @@ class FleetService:
             version = await self._store.version_by_manifest(digest)
             assert version is not None
             manifests[version.manifest_digest] = version.manifest
-            metadata[version.manifest_digest] = {
-                **version.metadata,
-                "description": version.description,
-                "tags": version.tags,
-                "signature": version.signature,
-            }
+            metadata[version.manifest_digest] = version.signed_document()
             for f in version.files:
                 digests.add(f["digest"])
         roots = await self._store.roots_after(0)

@@ -22,6 +22,7 @@ from central.services.blobs import BlobService
 from central.services.fleetstate import FleetStates
 from central.services.formats import ONNX, detect_format, onnx_main_file, onnx_signature
 from central.services.permissions import READ, WRITE, require
+from central.services.policy import mask
 from central.services.signing import Signer
 from central.stores.sqlite import SqliteStore, Transaction
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -103,6 +104,7 @@ class RegistryService:
     ) -> None:
         self._fleets = fleets
         self._signatures: dict[str, dict[str, Any]] = {}  # ONNX signature by model file digest
+        self.sensitive_paths: tuple[str, ...] = ()  # policy: masked in what devices receive
         self._store = store
         self._blobs = blobs
         self._signer = signer
@@ -266,7 +268,9 @@ class RegistryService:
             "tags": r.tags,
             "signature": p.signature,
         }
-        meta_digest = metadata_digest(metadata)
+        # Devices receive (and the manifest signs) the document with sensitive fields masked.
+        device_view = mask(metadata, self.sensitive_paths) if self.sensitive_paths else metadata
+        meta_digest = metadata_digest(device_view)
         created = format_time(utcnow())
         manifest = Manifest(
             r.model, version, p.format, p.files, meta_digest, parent, r.branch, created
@@ -290,6 +294,7 @@ class RegistryService:
             manifest_digest=manifest_digest(signed),
             metadata_digest=meta_digest,
             created_at=created,
+            signed_metadata=None if device_view == metadata else device_view,
         )
         version_id = await tx.insert_version(model_id, record, SemVer.parse(version).sort_key())
         if p.signature is not None and p.signature_digest is not None:
@@ -308,15 +313,12 @@ class RegistryService:
         )
         return version_id
 
-    async def metadata_document(self, actor: Actor, model: str, version: str) -> dict[str, Any]:
-        """The document whose digest the version's manifest signs."""
+    async def metadata_document(
+        self, actor: Actor, model: str, version: str, *, signed: bool = False
+    ) -> dict[str, Any]:
+        """The full metadata document, or (``signed``) the one the manifest signs."""
         v = await self.get_version(actor, model, version)
-        return {
-            **v.metadata,
-            "description": v.description,
-            "tags": v.tags,
-            "signature": v.signature,
-        }
+        return v.signed_document() if signed else v.document()
 
     async def set_stage(self, actor: Actor, model: str, version: str, stage: str) -> Version:
         require(actor, WRITE, model)

@@ -171,12 +171,7 @@ class SyncService:
         version = await self._store.version_by_manifest(manifest_digest)
         if version is None:
             raise NotFoundError(f"no version has manifest {manifest_digest}")
-        metadata = {
-            **version.metadata,
-            "description": version.description,
-            "tags": version.tags,
-            "signature": version.signature,
-        }
+        metadata = version.signed_document()  # sensitive fields masked, as the manifest signs
         self._documents[manifest_digest] = (version.manifest, metadata)
         if len(self._documents) > MANIFEST_CACHE:
             self._documents.popitem(last=False)

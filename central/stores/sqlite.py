@@ -370,7 +370,8 @@ class Transaction(
             version_id = await self._run(
                 "INSERT INTO versions (model_id, version, sort_key, branch, parent, format, stage,"
                 " description, owner, tags, metadata, signature, files, manifest, manifest_digest,"
-                " metadata_digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " metadata_digest, created_at, signed_metadata)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     model_id,
                     v.version,
@@ -389,6 +390,7 @@ class Transaction(
                     v.manifest_digest,
                     v.metadata_digest,
                     v.created_at,
+                    None if v.signed_metadata is None else dumps(v.signed_metadata),
                 ),
             )
         except ConflictError as e:
@@ -622,6 +624,9 @@ def _version(row: sqlite3.Row, aliases: tuple[str, ...]) -> Version:
         metadata_digest=row["metadata_digest"],
         created_at=row["created_at"],
         aliases=aliases,
+        signed_metadata=None
+        if row["signed_metadata"] is None
+        else json.loads(row["signed_metadata"]),
     )
 
 
