@@ -172,6 +172,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
         window_seconds=config.drift_window_seconds,
     )
     app[ROLLOUTS] = RolloutService(store, states, aliases)
+    app[ROLLOUTS].drift = app[DRIFT]
     app[AUDIT] = AuditService(store, signer)
     await app[AUDIT].start()
     await feed.start()

@@ -37,6 +37,22 @@ def split(text: str) -> int:
     return candidate
 
 
+def bound(text: str) -> tuple[str, dict[str, float]]:
+    """``METRIC=MIN..MAX`` (either side may be empty) → (metric, {"min", "max"})."""
+    name, sep, span = text.partition("=")
+    low, dots, high = span.partition("..")
+    try:
+        limits = {k: float(v) for k, v in (("min", low), ("max", high)) if v.strip()}
+    except ValueError:
+        limits = {}
+    if not sep or not dots or not name or not limits:
+        raise argparse.ArgumentTypeError(
+            f"a bound is METRIC=MIN..MAX, e.g. error_rate=..0.01 or class_share:1=0.2..0.6: "
+            f"{text!r}"
+        )
+    return name, limits
+
+
 def render_rollout(r: Any) -> str:
     head = fields(
         [
@@ -66,6 +82,13 @@ def render_rollout(r: Any) -> str:
     versions = table(
         ["VERSION", "DEVICES", "REQUESTS", "ERROR RATE", "P50 MS", "P95 MS", "P99 MS"], rows
     )
+    drift = table(
+        ["FEATURE", "PSI", "KS", "LIVE N", "LEVEL"],
+        [
+            (name, f["psi"], f["ks"], f["live_n"], f["level"])
+            for name, f in (r.get("drift") or {}).items()
+        ],
+    )
     verdicts = table(
         ["RULE", "VERDICT", "DETAIL"],
         [(v["rule"], v["verdict"], v["detail"]) for v in r.get("verdicts", [])],
@@ -77,7 +100,8 @@ def render_rollout(r: Any) -> str:
             for e in r.get("events", [])
         ],
     )
-    return "\n\n".join([head, versions, verdicts, events])
+    parts = [head, versions] + ([drift] if r.get("drift") else []) + [verdicts, events]
+    return "\n\n".join(parts)
 
 
 async def _start(client: RegistryClient, out: Output, args: argparse.Namespace) -> None:
@@ -96,11 +120,19 @@ async def _start(client: RegistryClient, out: Output, args: argparse.Namespace) 
             body["sticky_header"] = args.sticky_header
     else:
         body["steps"] = args.steps
-    rules = {
+    rules: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("min_requests", "max_error_rate_increase", "max_p95_ratio", "max_error_rate")
+        for k in (
+            "min_requests",
+            "max_error_rate_increase",
+            "max_p95_ratio",
+            "max_error_rate",
+            "max_drift_psi",
+        )
         if getattr(args, k) is not None
     }
+    if args.bound:
+        rules["bounds"] = dict(args.bound)
     if rules:
         body["rules"] = rules
     out.result(await client.send_json("POST", api_path("rollouts"), body), render_rollout)
@@ -166,6 +198,14 @@ def register(sub: Subparsers, parents: list[argparse.ArgumentParser]) -> None:
     start.add_argument("--max-error-rate-increase", type=float)
     start.add_argument("--max-error-rate", type=float)
     start.add_argument("--max-p95-ratio", type=float)
+    start.add_argument("--max-drift-psi", type=float, help="largest input PSI allowed")
+    start.add_argument(
+        "--bound",
+        type=bound,
+        action="append",
+        help="custom bound on a candidate metric, e.g. error_rate=..0.01, p99_ms=..50, "
+        "class_share:1=0.2..0.6, psi:X[0]=..0.2 (repeatable)",
+    )
     start.set_defaults(handler=with_client(_start))
     status = verbs.add_parser(
         "status", parents=parents, help="per-version telemetry, rule verdicts, next step"

@@ -19,6 +19,7 @@ from typing import Any
 
 from central.domain import SYSTEM, Actor
 from central.services.aliases import AliasService
+from central.services.drift import DriftService
 from central.services.fleetstate import FleetStates
 from central.services.permissions import MANAGE_FLEETS, READ, require
 from central.services.telemetry import summarize
@@ -37,7 +38,13 @@ DEFAULT_RULES: dict[str, Any] = {
     "max_error_rate_increase": 0.02,  # candidate error rate minus baseline's, absolute
     "max_error_rate": None,  # absolute bound on the candidate's error rate
     "max_p95_ratio": 1.5,  # candidate p95 latency / baseline p95 latency
+    "max_drift_psi": None,  # largest PSI of any input feature of the candidate (reference)
+    "bounds": {},  # custom bounds: {metric: {"min"?, "max"?}} on the candidate's metrics
 }
+# Metrics that custom bounds can name: error_rate, p50_ms, p95_ms, p99_ms,
+# class_share:<label> (share of requests predicting the label), psi:<feature>.
+BOUND_METRICS = ("error_rate", "p50_ms", "p95_ms", "p99_ms")
+BOUND_PREFIXES = ("class_share:", "psi:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +111,61 @@ class StartRollout:
         )
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value >= 0
+
+
 def _rules(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) - set(DEFAULT_RULES):
         raise InvalidInputError(f"rules: a JSON object with keys from {sorted(DEFAULT_RULES)}")
     for key, v in value.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
+        if key == "bounds":
+            _bounds(v)
+        elif v is not None and not _number(v):
             raise InvalidInputError(f"rule {key} must be a non-negative number or null")
     return dict(value)
 
 
+def _bounds(value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > 64:
+        raise InvalidInputError("rules.bounds: an object of at most 64 metrics")
+    for metric, bound in value.items():
+        if metric not in BOUND_METRICS and not metric.startswith(BOUND_PREFIXES):
+            raise InvalidInputError(
+                f"rules.bounds: unknown metric {metric!r:.60}; use {', '.join(BOUND_METRICS)}, "
+                "class_share:<label> or psi:<feature>"
+            )
+        if (
+            not isinstance(bound, dict)
+            or not bound
+            or set(bound) - {"min", "max"}
+            or not all(_number(v) for v in bound.values())
+        ):
+            raise InvalidInputError(f'rules.bounds.{metric:.60}: {{"min"?, "max"?}} numbers')
+
+
+def candidate_metrics(cand: dict[str, Any], drift: dict[str, Any] | None) -> dict[str, float]:
+    """The candidate's metrics that rules and bounds can name."""
+    found: dict[str, float] = {}
+    if cand["error_rate"] is not None:
+        found["error_rate"] = cand["error_rate"]
+    for q in ("p50", "p95", "p99"):
+        if cand["latency_ms"][q] is not None:
+            found[f"{q}_ms"] = cand["latency_ms"][q]
+    total = sum(cand["classes"].values())
+    for label, n in cand["classes"].items():
+        found[f"class_share:{label}"] = n / total if total else 0.0
+    for feature, f in (drift or {}).items():
+        if f.get("psi") is not None and f.get("live_n", 0) > 0:
+            found[f"psi:{feature}"] = f["psi"]
+    return found
+
+
 def judge(
-    rules: dict[str, Any], cand: dict[str, Any], base: dict[str, Any]
+    rules: dict[str, Any],
+    cand: dict[str, Any],
+    base: dict[str, Any],
+    drift: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Verdicts of every rule: ``pass``, ``fail`` or ``wait`` (not enough data yet)."""
     minimum = int(rules["min_requests"])
@@ -157,6 +208,31 @@ def judge(
                 "pass" if ratio <= limit else "fail",
                 f"p95 {c95:.2f} ms vs baseline {b95:.2f} ms ({ratio:.2f}x, max {limit}x)",
             )
+    metrics = candidate_metrics(cand, drift)
+    if rules.get("max_drift_psi") is not None:
+        worst = max((v for k, v in metrics.items() if k.startswith("psi:")), default=None)
+        if worst is None:
+            add("max_drift_psi", "wait", "no drift measured yet (reference data and inputs)")
+        else:
+            ok = worst <= rules["max_drift_psi"]
+            add(
+                "max_drift_psi",
+                "pass" if ok else "fail",
+                f"largest input PSI {worst:.3f} (max {rules['max_drift_psi']})",
+            )
+    for metric, bound in (rules.get("bounds") or {}).items():
+        value = metrics.get(metric)
+        if value is None:
+            add(f"bounds.{metric}", "wait", f"{metric} not measured yet")
+            continue
+        low, high = bound.get("min"), bound.get("max")
+        ok = (low is None or value >= low) and (high is None or value <= high)
+        add(
+            f"bounds.{metric}",
+            "pass" if ok else "fail",
+            f"{metric} = {value:.4g} (bounds {low if low is not None else '-'}"
+            f"..{high if high is not None else '-'})",
+        )
     return verdicts
 
 
@@ -168,6 +244,7 @@ class RolloutService:
         self._states = states
         self._aliases = aliases
         self._lock = asyncio.Lock()
+        self.drift: DriftService | None = None  # set by the app: candidate drift for rules
 
     async def start(self, actor: Actor, spec: StartRollout) -> dict[str, Any]:
         require(actor, MANAGE_FLEETS, spec.model)
@@ -257,7 +334,8 @@ class RolloutService:
         require(actor, READ)
         row = await self._get(rollout_id)
         cand, base = await self._stats(row)
-        verdicts = judge(row.rules, cand, base) if row.status == "running" else []
+        drift = await self._drift(row)
+        verdicts = judge(row.rules, cand, base, drift) if row.status == "running" else []
         started = parse_time(row.step_started_at)
         return {
             "id": row.id,
@@ -279,6 +357,7 @@ class RolloutService:
             if row.status == "running"
             else None,
             "versions": {row.candidate: cand, row.baseline: base},
+            "drift": drift,
             "verdicts": verdicts,
             "events": row.events,
             "created_by": row.created_by,
@@ -305,6 +384,19 @@ class RolloutService:
             }
             for r in rows
         ]
+
+    async def _drift(self, row: RolloutRow) -> dict[str, Any] | None:
+        """Per input feature drift of the candidate in the fleet since the step began."""
+        if self.drift is None:
+            return None
+        try:
+            report = await self.drift.report(
+                SYSTEM, row.model, row.candidate, fleet=row.fleet, since=row.step_started_at
+            )
+        except NotFoundError:
+            return None  # no reference data: nothing to compare with
+        features: dict[str, Any] = report["features"]
+        return features
 
     async def _stats(self, row: RolloutRow) -> tuple[dict[str, Any], dict[str, Any]]:
         since = row.step_started_at
@@ -440,7 +532,7 @@ class RolloutService:
             if row.status != "running":
                 return "idle"
             cand, base = await self._stats(row)
-            verdicts = judge(row.rules, cand, base)
+            verdicts = judge(row.rules, cand, base, await self._drift(row))
             failed = [v for v in verdicts if v["verdict"] == "fail"]
             if failed:
                 await self._rollback(row, "; ".join(f"{v['rule']}: {v['detail']}" for v in failed))
