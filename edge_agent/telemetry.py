@@ -21,14 +21,27 @@ from edge_agent.drift import FeatureBinner, binner_for
 from edge_agent.fetcher import Fetcher
 from edge_agent.slots import LoadedVersion
 from shared.errors import SkiffError
-from shared.telemetry import VersionStats
+from shared.telemetry import N_OUTPUT_BINS, OUTPUT_EDGES, VersionStats
 from shared.timeutil import format_time, utcnow
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_BATCHES = 50  # batches per upload request
-MAX_LABELS = 1024  # predicted labels counted per request
+MAX_LABELS = 1024  # predicted labels (or output values) counted per request
+EDGES = np.array(OUTPUT_EDGES)
 MAX_REFERENCES = 64  # versions whose reference distribution is kept (the oldest go first)
+
+
+def _histograms(outputs: dict[str, Any] | None) -> list[tuple[str, list[int]]]:
+    """Counts of each numeric (floating point) output's values on the fixed output bins."""
+    found = []
+    for name, value in (outputs or {}).items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+            flat = value.ravel()[:MAX_LABELS].astype(np.float64)
+            flat = flat[np.isfinite(flat)]
+            bins = np.searchsorted(EDGES, flat, side="right")
+            found.append((str(name), np.bincount(bins, minlength=N_OUTPUT_BINS).tolist()))
+    return found
 
 
 def _labels(outputs: dict[str, Any] | None) -> list[str] | None:
@@ -76,6 +89,9 @@ class TelemetryRecorder:
         if stats is None:
             stats = self._stats[key] = VersionStats(loaded.model, loaded.version)
         stats.observe(seconds * 1000.0, ok, _labels(outputs) if ok else None)
+        if ok:
+            for name, counts in _histograms(outputs):
+                stats.observe_output(name, counts)
         binner = self._binners.get(key)
         if ok and inputs and binner is not None:
             binner.add(stats.features, inputs)

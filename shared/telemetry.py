@@ -20,6 +20,11 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 2 ** (i / 2), 6) for i
 N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 MAX_CLASSES = 256  # distinct predicted classes counted per version; the rest go to "other"
 MAX_VERSIONS_PER_BATCH = 1000
+# Numeric outputs: symmetric log-scale bins, +-1e-4 .. +-1e6 and zero; mergeable everywhere.
+_POSITIVE = tuple(10.0**k for k in range(-4, 7))
+OUTPUT_EDGES: tuple[float, ...] = (*(-x for x in reversed(_POSITIVE)), 0.0, *_POSITIVE)
+N_OUTPUT_BINS = len(OUTPUT_EDGES) + 1
+MAX_OUTPUTS = 16
 
 
 def bucket_of(ms: float) -> int:
@@ -53,6 +58,17 @@ class VersionStats:
     classes: dict[str, int] = field(default_factory=dict)
     # per input feature of the version's reference: live counts on the reference's bins
     features: dict[str, list[int]] = field(default_factory=dict)
+    # per numeric (non-class) output: counts on the fixed OUTPUT_EDGES bins
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+
+    def observe_output(self, name: str, counts: list[int]) -> None:
+        """Add a request's histogram of one numeric output (bounded number of outputs)."""
+        mine = self.outputs.get(name)
+        if mine is None:
+            if len(self.outputs) < MAX_OUTPUTS:
+                self.outputs[name] = list(counts)
+        else:
+            self.outputs[name] = [a + b for a, b in zip(mine, counts, strict=True)]
 
     def observe(self, ms: float, ok: bool, labels: list[str] | None = None) -> None:
         self.requests += 1
@@ -75,6 +91,8 @@ class VersionStats:
                 self.features[name] = list(counts)
             elif len(mine) == len(counts):
                 self.features[name] = [a + b for a, b in zip(mine, counts, strict=True)]
+        for name, counts in other.outputs.items():
+            self.observe_output(name, counts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +103,7 @@ class VersionStats:
             "latency": list(self.latency),
             "classes": dict(self.classes),
             "features": {name: list(counts) for name, counts in self.features.items()},
+            "outputs": {name: list(counts) for name, counts in self.outputs.items()},
         }
 
     @classmethod
@@ -100,13 +119,14 @@ class VersionStats:
             latency = [_count(n) for n in d["latency"]]
             classes = {str(k)[:128]: _count(v) for k, v in dict(d.get("classes", {})).items()}
             features = _features(d.get("features", {}))
+            outputs = _outputs(d.get("outputs", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed version statistics: {e}") from e
         if len(latency) != N_BUCKETS or errors > requests or len(classes) > MAX_CLASSES + 1:
             raise FormatError("malformed version statistics: bucket count or totals")
         if sum(latency) != requests:
             raise FormatError("malformed version statistics: latency counts != requests")
-        return cls(model, version, requests, errors, latency, classes, features)
+        return cls(model, version, requests, errors, latency, classes, features, outputs)
 
 
 def _features(value: Any) -> dict[str, list[int]]:
@@ -119,6 +139,20 @@ def _features(value: Any) -> dict[str, list[int]]:
             raise ValueError(f"feature names must be 1 to {MAX_NAME} characters")
         if not isinstance(counts, list) or not MIN_BINS <= len(counts) <= MAX_BINS:
             raise ValueError(f"feature {name[:64]!r}: {MIN_BINS} to {MAX_BINS} bin counts")
+        out[name] = [_count(n) for n in counts]
+    return out
+
+
+def _outputs(value: Any) -> dict[str, list[int]]:
+    """Output histograms on OUTPUT_EDGES (absent in older batches: empty)."""
+    if not isinstance(value, Mapping) or len(value) > MAX_OUTPUTS:
+        raise ValueError(f"outputs must be an object of at most {MAX_OUTPUTS} outputs")
+    out = {}
+    for name, counts in value.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+            raise ValueError(f"output names must be 1 to {MAX_NAME} characters")
+        if not isinstance(counts, list) or len(counts) != N_OUTPUT_BINS:
+            raise ValueError(f"output {name[:64]!r}: {N_OUTPUT_BINS} bin counts")
         out[name] = [_count(n) for n in counts]
     return out
 

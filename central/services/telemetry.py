@@ -14,7 +14,7 @@ from central.services.permissions import READ, require
 from central.services.sync import SyncService
 from central.stores.sqlite import SqliteStore
 from shared.errors import ForbiddenError, FormatError, InvalidInputError
-from shared.telemetry import MAX_VERSIONS_PER_BATCH, N_BUCKETS, VersionStats, quantile
+from shared.telemetry import MAX_VERSIONS_PER_BATCH, N_BUCKETS, OUTPUT_EDGES, VersionStats, quantile
 from shared.timeutil import format_time, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ def summarize(windows: list[tuple[str, VersionStats]]) -> dict[str, Any]:
         "latency_ms": latency,
         "latency_buckets": total.latency if total.requests else [0] * N_BUCKETS,
         "classes": dict(sorted(total.classes.items(), key=lambda kv: -kv[1])),
+        "outputs": {
+            name: {"edges": list(OUTPUT_EDGES), "counts": counts}
+            for name, counts in sorted(total.outputs.items())
+        },
     }
 
 

@@ -34,6 +34,7 @@ class TelemetryReads(SqlBase):
                     json.loads(r["latency"]),
                     json.loads(r["classes"]),
                     json.loads(r["features"]),
+                    json.loads(r["outputs"]),
                 ),
             )
             for r in rows
@@ -55,8 +56,8 @@ class TelemetryWrites(SqlBase):
     ) -> None:
         await self._run(
             "INSERT INTO telemetry (model, version, device, fleet, window_start, window_end,"
-            " requests, errors, latency, classes, features)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " requests, errors, latency, classes, features, outputs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 stats.model,
                 stats.version,
@@ -69,5 +70,6 @@ class TelemetryWrites(SqlBase):
                 dumps(stats.latency),
                 dumps(stats.classes),
                 dumps(stats.features),
+                dumps(stats.outputs),
             ),
         )

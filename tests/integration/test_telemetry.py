@@ -48,6 +48,13 @@ def test_requests_errors_and_latency_per_version(
     assert (v2["requests"], v2["errors"]) == (12, 0)
     assert 0 < v1["latency_ms"]["p50"] <= v1["latency_ms"]["p99"]
     assert sum(v1["latency_buckets"]) == 30
+    # the numeric output Y (= 6.0 for v1, 12.0 for v2) in its fixed log-scale bins
+    for summary, y in ((v1, 6.0), (v2, 12.0)):
+        hist = summary["outputs"]["Y"]
+        edges, counts = hist["edges"], hist["counts"]
+        assert sum(counts) == summary["requests"]
+        (bin_index,) = [i for i, n in enumerate(counts) if n]
+        assert edges[bin_index - 1] <= y < edges[bin_index]
 
 
 def test_predicted_classes_are_counted(

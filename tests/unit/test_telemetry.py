@@ -8,7 +8,15 @@ import math
 import pytest
 
 from shared.errors import FormatError
-from shared.telemetry import LATENCY_BOUNDS_MS, N_BUCKETS, VersionStats, bucket_of, quantile
+from shared.telemetry import (
+    LATENCY_BOUNDS_MS,
+    N_BUCKETS,
+    N_OUTPUT_BINS,
+    OUTPUT_EDGES,
+    VersionStats,
+    bucket_of,
+    quantile,
+)
 
 
 def test_buckets_are_log_scale_and_cover_every_latency() -> None:
@@ -70,3 +78,18 @@ def test_malformed_statistics_are_refused(change: dict[str, object]) -> None:
     good.observe(2.0, True)
     with pytest.raises(FormatError):
         VersionStats.from_dict(good.to_dict() | change)
+
+
+def test_output_histograms_merge_and_validate() -> None:
+    a, b = VersionStats("m", "1.0.0"), VersionStats("m", "1.0.0")
+    counts = [0] * N_OUTPUT_BINS
+    counts[3] = 2
+    a.observe_output("Y", counts)
+    b.observe_output("Y", counts)
+    a.merge(b)
+    assert a.outputs["Y"][3] == 4
+    assert VersionStats.from_dict(a.to_dict()).outputs == a.outputs
+    with pytest.raises(FormatError):
+        VersionStats.from_dict(a.to_dict() | {"outputs": {"Y": [1, 2]}})
+    assert len(OUTPUT_EDGES) + 1 == N_OUTPUT_BINS
+    assert list(OUTPUT_EDGES) == sorted(OUTPUT_EDGES)
