@@ -95,6 +95,11 @@ def verify_members(reader: BundleReader, entries: dict[str, FileEntry]) -> None:
             verifier.finish()
 
 
+def _documents(reader: BundleReader) -> Update:
+    """The bundle's (untrusted) documents, read from the file."""
+    return Update(reader.roots(), reader.fleet_state(), reader.manifests(), reader.metadata())
+
+
 class Sideloader:
     """Watches one folder and imports the bundles that appear in it."""
 
@@ -143,9 +148,7 @@ class Sideloader:
         try:
             reader = await asyncio.to_thread(BundleReader.open, path, max_json_bytes=self._max_json)
             try:
-                update = Update(
-                    reader.roots(), reader.fleet_state(), reader.manifests(), reader.metadata()
-                )
+                update = await asyncio.to_thread(_documents, reader)  # file reads: off the loop
                 state = await self._agent.accept(
                     update, _blob_source(reader, self._agent, self._fallback)
                 )
