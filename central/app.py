@@ -173,6 +173,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     )
     app[ROLLOUTS] = RolloutService(store, states, aliases)
     app[ROLLOUTS].drift = app[DRIFT]
+    app[ROLLOUTS].approvals = app[APPROVALS]
     app[AUDIT] = AuditService(store, signer)
     await app[AUDIT].start()
     await feed.start()

@@ -19,13 +19,14 @@ from typing import Any
 
 from central.domain import SYSTEM, Actor
 from central.services.aliases import AliasService
+from central.services.approvals import ApprovalService
 from central.services.drift import DriftService
 from central.services.fleetstate import FleetStates
 from central.services.permissions import MANAGE_FLEETS, READ, require
 from central.services.telemetry import summarize
 from central.stores.sqlite import SqliteStore, Transaction
 from central.stores.sqlite_rollouts import RolloutRow
-from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.errors import ConflictError, InvalidInputError, NotFoundError, SkiffError
 from shared.names import validate_name
 from shared.rollout import AB, CANARY
 from shared.semver import SemVer
@@ -245,6 +246,7 @@ class RolloutService:
         self._aliases = aliases
         self._lock = asyncio.Lock()
         self.drift: DriftService | None = None  # set by the app: candidate drift for rules
+        self.approvals: ApprovalService | None = None  # set by the app: policy on promotion
 
     async def start(self, actor: Actor, spec: StartRollout) -> dict[str, Any]:
         require(actor, MANAGE_FLEETS, spec.model)
@@ -423,7 +425,7 @@ class RolloutService:
             actor,
             rollout_id,
             "aborted",
-            ("running", "paused"),
+            ("running", "paused", "awaiting_approval"),
             "aborted",
             reason=reason or "aborted by " + actor.name,
         )
@@ -470,7 +472,87 @@ class RolloutService:
                 await self._states.refresh(tx, row.fleet_id)
         return await self.show(actor, rollout_id)
 
-    async def _promote(self, actor: Actor, row: RolloutRow, reason: str) -> None:
+    async def _promote(self, actor: Actor, row: RolloutRow, reason: str) -> str:
+        """Move the fleet's alias to the candidate — through an approval where the policy
+        governs that alias — and say what happened (``promoted`` or ``awaiting_approval``)."""
+        gate = await self._approval_gate(row)
+        if gate is not None:
+            await self._await_approval(row, gate)
+            return row.status if row.status == "paused" else "awaiting_approval"
+        await self._move_alias(actor, row, reason)
+        return "promoted"
+
+    async def _approval_gate(self, row: RolloutRow) -> dict[str, Any] | None:
+        """The readiness report when the policy puts approval on the alias this fleet follows."""
+        if self.approvals is None:
+            return None
+        assignment = next(
+            (a for a in await self._store.assignments(row.fleet_id) if a.model == row.model), None
+        )
+        ready = await self.approvals.readiness(SYSTEM, row.model, row.candidate, "production")
+        if assignment is None or not ready["needs_approval"]:
+            return None
+        return ready if ready.get("move_alias") == assignment.alias else None
+
+    async def _await_approval(self, row: RolloutRow, ready: dict[str, Any]) -> None:
+        """Open (or reuse) the request that moves the candidate to production and the alias."""
+        assert self.approvals is not None
+        now = format_time(utcnow())
+        pending = ready["pending_request"]
+        status, kind = "awaiting_approval", "awaiting_approval"
+        try:
+            if pending is None:
+                outcome = await self.approvals.set_stage(
+                    SYSTEM, row.model, row.candidate, "production"
+                )
+                pending = None if outcome.request is None else outcome.request.to_dict()
+            reason = (
+                f"waiting for approval request {pending['id']} (policy on the alias)"
+                if pending is not None
+                else "applied without waiting"
+            )
+        except SkiffError as e:  # e.g. the candidate is not one step from production
+            status, kind, reason = "paused", "paused", f"promotion needs approval, but {e}"
+        async with self._store.transaction() as tx:
+            await tx.update_rollout(
+                row.id,
+                status=status,
+                step=row.step,
+                step_started_at=row.step_started_at,
+                reason=reason,
+                at=now,
+            )
+            await self._record(tx, SYSTEM, row, kind, {"reason": reason}, now)
+            await self._states.refresh(tx, row.fleet_id)
+        logger.info("Rollout %s %s: %s", row.id, status, reason)
+
+    async def _settle_approval(self, row: RolloutRow) -> str:
+        """Finish a rollout awaiting approval once the request was decided."""
+        assignment = next(
+            (a for a in await self._store.assignments(row.fleet_id) if a.model == row.model), None
+        )
+        if assignment is not None and assignment.version == row.candidate:
+            now = format_time(utcnow())
+            async with self._store.transaction() as tx:
+                await tx.update_rollout(
+                    row.id,
+                    status="promoted",
+                    step=row.step,
+                    step_started_at=row.step_started_at,
+                    reason="approved: the alias moved to the candidate",
+                    at=now,
+                )
+                await self._record(tx, SYSTEM, row, "promoted", {"reason": "approved"}, now)
+                await self._states.refresh(tx, row.fleet_id)
+            return "promoted"
+        assert self.approvals is not None
+        ready = await self.approvals.readiness(SYSTEM, row.model, row.candidate, "production")
+        if ready["pending_request"] is None:
+            await self._rollback(row, "the promotion's approval request was rejected or expired")
+            return "rolled_back"
+        return "awaiting_approval"
+
+    async def _move_alias(self, actor: Actor, row: RolloutRow, reason: str) -> None:
         now = format_time(utcnow())
         async with self._store.transaction() as tx:
             fleet_assignment = next(
@@ -529,6 +611,8 @@ class RolloutService:
         """Judge one running rollout now; what was decided."""
         async with self._lock:
             row = await self._get(rollout_id)
+            if row.status == "awaiting_approval":
+                return await self._settle_approval(row)
             if row.status != "running":
                 return "idle"
             cand, base = await self._stats(row)
@@ -545,8 +629,7 @@ class RolloutService:
             if row.step + 1 < len(row.steps):
                 await self._advance(row)
                 return "advanced"
-            await self._promote(SYSTEM, row, "every step passed")
-            return "promoted"
+            return await self._promote(SYSTEM, row, "every step passed")
 
     async def run(self, interval: float) -> None:
         """Judge every running rollout every ``interval`` seconds (until cancelled)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from central.stores._sqlbase import SqlBase, dumps
 
-ACTIVE = ("running", "paused")
+ACTIVE = ("running", "paused", "awaiting_approval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +92,15 @@ class RolloutReads(SqlBase):
 
     async def active_rollouts(self, fleet_id: int) -> list[RolloutRow]:
         rows = await self._all(
-            _SELECT + "WHERE r.fleet_id = ? AND r.status IN ('running', 'paused')", (fleet_id,)
+            _SELECT
+            + "WHERE r.fleet_id = ? AND r.status IN ('running', 'paused', 'awaiting_approval')",
+            (fleet_id,),
         )
         return [_row(r) for r in rows]
 
     async def running_rollouts(self) -> list[RolloutRow]:
-        return [_row(r) for r in await self._all(_SELECT + "WHERE r.status = 'running'")]
+        rows = await self._all(_SELECT + "WHERE r.status IN ('running', 'awaiting_approval')")
+        return [_row(r) for r in rows]
 
 
 class RolloutWrites(SqlBase):

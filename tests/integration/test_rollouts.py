@@ -311,3 +311,101 @@ def test_rollout_continues_after_central_restarts(
             timeout=90,
         )
     assert status["status"] == "promoted"
+
+
+POLICY = """
+[stages.production]
+approvals = 1
+move_alias = "production"
+"""
+
+
+def test_promotion_goes_through_the_approval_policy_and_raises_webhooks(
+    tmp_path: Path,
+) -> None:
+    from tests.integration.test_webhooks import Receiver, add_webhook
+
+    central = init_central(tmp_path / "central", rollout_check_seconds=0.5)
+    (central.data_dir / "policy.toml").write_text(POLICY)
+    central.start()
+    receiver = Receiver().start()
+    agents: list[Agent] = []
+    try:
+        add_webhook(central, receiver.url, ["rollout.*"])
+        fleet = unique("plant")
+        api_ok(central, "POST", "/api/v1/fleets", 201, json={"name": fleet})
+        publish(central, "gated", "1.0.0", linear_model(1.0))
+        point(central, "gated", "1.0.0")
+        api_ok(central, "PUT", f"/api/v1/fleets/{fleet}/models/gated", json={"alias": "production"})
+        register_in = {
+            "files": [{"path": "model.onnx", "digest": publish_blob(central)}],
+            "version": "2.0.0",
+            "stage": "staging",
+        }
+        api_ok(central, "POST", "/api/v1/models/gated/versions", 201, json=register_in)
+        agents = [enroll_agent(central, fleet, tmp_path, **FAST_AGENT) for _ in range(2)]
+        for agent in agents:
+            agent.start()
+        rollout = _start(
+            central,
+            fleet,
+            "gated",
+            candidate="2.0.0",
+            steps=[100],
+            soak_seconds=0.5,
+            rules={"min_requests": 5, "max_p95_ratio": None},
+        )
+        with Load(agents, "gated"):
+            status = _wait_status(
+                central, rollout["id"], lambda s: s["status"] != "running", what="the last step"
+            )
+        assert status["status"] == "awaiting_approval", status
+        assert (
+            api_ok(central, "GET", "/api/v1/models/gated/aliases/production")["version"] == "1.0.0"
+        )
+        requests = api_ok(central, "GET", "/api/v1/requests?status=pending")["items"]
+        (request,) = [r for r in requests if r["model"] == "gated"]
+        approver = api_ok(
+            central, "POST", "/api/v1/tokens", 201, json={"name": "anna", "role": "approver"}
+        )["token"]
+        api_ok(
+            central,
+            "POST",
+            f"/api/v1/requests/{request['id']}/approve",
+            json={"comment": "canary looked good"},
+            token=approver,
+        )
+        status = _wait_status(
+            central,
+            rollout["id"],
+            lambda s: s["status"] == "promoted",
+            what="the promotion after approval",
+        )
+        assert (
+            api_ok(central, "GET", "/api/v1/models/gated/aliases/production")["version"] == "2.0.0"
+        )
+        for agent in agents:
+            agent.wait_for(
+                lambda s: any(
+                    x["model"] == "gated" and x["serving"] == "2.0.0" for x in s["slots"]
+                ),
+                what="the promoted version",
+            )
+        got = receiver.wait_for(
+            lambda r: any(x.doc["event"] == "rollout.promoted" for x in r), "rollout webhooks"
+        )
+        events = [x.doc["event"] for x in got]
+        assert events[:1] == ["rollout.started"] and "rollout.awaiting_approval" in events
+        assert all(x.signature_ok for x in got)
+    finally:
+        receiver.stop()
+        for agent in agents:
+            if agent.proc is not None:
+                agent.stop()
+        central.stop()
+
+
+def publish_blob(central: CentralProcess) -> str:
+    from tests.support import put_blob
+
+    return put_blob(central, linear_model(2.0))
