@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 AGENT = web.AppKey("agent", Agent)
 SYNC = web.AppKey("sync", SyncClient)
 METRICS = web.AppKey("metrics", MetricsRegistry)
+TELEMETRY = web.AppKey("telemetry", TelemetryRecorder)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -56,6 +57,10 @@ async def status(request: web.Request) -> web.Response:
         "bad_versions": await agent.cache.bad_versions(),
         "errors": list(agent.errors),
         "version": shared.__version__,
+        "telemetry": {
+            "uploaded_batches": request.app[TELEMETRY].uploaded,
+            "dropped_batches": request.app[TELEMETRY].dropped,  # outbox full: oldest dropped
+        },
     }
     return web.json_response(body)
 
@@ -115,6 +120,7 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     agent.on_change = sync.report_now.set
     app = web.Application()
     app[AGENT], app[SYNC], app[METRICS] = agent, sync, registry
+    app[TELEMETRY] = telemetry
     setup_inference_routes(
         app, slots, ready=lambda: agent.started, max_body_bytes=config.max_request_bytes
     )
