@@ -26,6 +26,23 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
+async def read_range(f: BinaryIO, start: int, end: int | None) -> AsyncIterator[bytes]:
+    """Stream bytes ``[start, end)`` of an open file in chunks, off the loop; closes it."""
+    try:
+        await asyncio.to_thread(f.seek, start)
+        remaining = None if end is None else end - start
+        while remaining is None or remaining > 0:
+            n = CHUNK if remaining is None else min(CHUNK, remaining)
+            chunk = await asyncio.to_thread(f.read, n)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
+
+
 class LocalBlobStore:
     """Blobs as files on one local filesystem."""
 
@@ -95,19 +112,8 @@ class LocalBlobStore:
             f = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError as e:
             raise NotFoundError(f"blob {digest} is not stored") from e
-        try:
-            await asyncio.to_thread(f.seek, start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                n = CHUNK if remaining is None else min(CHUNK, remaining)
-                chunk = await asyncio.to_thread(f.read, n)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+        async for chunk in read_range(f, start, end):
+            yield chunk
 
     async def read_all(self, digest: str) -> bytes:
         try:

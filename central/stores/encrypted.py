@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from central.domain import SYSTEM, Blob
-from central.stores.blobs import CHUNK, LocalBlobStore
+from central.stores.blobs import LocalBlobStore, read_range
 from central.stores.masterkey import MasterKey
 from central.stores.sqlite import SqliteStore
 from shared._fsutil import fsync_dir
@@ -167,19 +167,8 @@ class EncryptedBlobStore(LocalBlobStore):
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
         f = await self.open_plain(digest)
-        try:
-            await asyncio.to_thread(f.seek, start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                n = CHUNK if remaining is None else min(CHUNK, remaining)
-                chunk = await asyncio.to_thread(f.read, n)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+        async for chunk in read_range(f, start, end):
+            yield chunk
 
     async def read_all(self, digest: str) -> bytes:
         f = await self.open_plain(digest)
