@@ -189,16 +189,15 @@ class _Reads(
         is in ``params``. ``order`` is one of the fixed orders of :data:`SEARCH_ORDERS`.
         """
         join, sort_col, direction = SEARCH_ORDERS[order]
-        # Sort only ids and sort values (not the JSON-heavy rows), then load the page.
-        sql = f"SELECT v.id, {sort_col} AS sort_value FROM versions v "
+        sql = f"SELECT {_VERSION_COLUMNS}, {sort_col} AS sort_value FROM versions v "
         sql += f"JOIN models m ON m.id = v.model_id {join}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY sort_value {direction}, v.id {direction} LIMIT ?"
         head = [order_key] if join else []
-        hits = await self._all(sql, [*head, *params, limit])
-        versions = await self.get_versions_by_ids([r["id"] for r in hits])
-        return [(v, r["sort_value"]) for v, r in zip(versions, hits, strict=True)]
+        rows = await self._all(sql, [*head, *params, limit])
+        versions = await self._versions(rows)
+        return [(v, r["sort_value"]) for v, r in zip(versions, rows, strict=True)]
 
     async def _versions(self, rows: list[sqlite3.Row]) -> list[Version]:
         if not rows:
