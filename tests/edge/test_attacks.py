@@ -13,11 +13,8 @@ that verified completely, so that state is trusted and 2.0.0 is marked bad.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +23,7 @@ from shared.digest import sha256_digest
 from shared.fleet import ModelTarget, envelope_size
 from shared.keys import SigningKey
 from shared.timeutil import format_time
+from tests.edge.conftest import wait_for
 from tests.simulator import (
     PAST,
     AgentPool,
@@ -42,29 +40,6 @@ from tests.simulator import (
 MODEL = "demo"
 V1, V2 = "1.0.0", "2.0.0"
 V1_OUT, V2_OUT = [6.0], [12.0]  # linear_model(1.0) and linear_model(2.0) on [1, 1, 1]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[CentralSimulator]:
-    async with CentralSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[AgentPool]:
-    pool = AgentPool(tmp_path)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll a condition on the simulator's records, bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def serving_v1(

@@ -13,7 +13,7 @@ import os
 import socket
 import tarfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from shared.digest import parse_digest
 from shared.errors import RepositoryError
 from shared.fleet import BlobVerifier
 from shared.timeutil import utcnow
+from tests.edge.conftest import wait_for
 from tests.simulator import (
     AgentPool,
     AgentProcess,
@@ -39,28 +40,6 @@ MODEL = "demo"
 V1, V2 = "1.0.0", "2.0.0"
 V1_OUT, V2_OUT = [6.0], [12.0]
 SERVE_FROM_CACHE_SECONDS = 10.0
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[CentralSimulator]:
-    async with CentralSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[AgentPool]:
-    pool = AgentPool(tmp_path)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def serving_v1(
