@@ -49,7 +49,7 @@ class AuditService:
 
     async def start(self) -> None:
         """Chain the rows written before the log was chained (once, after the migration)."""
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(offload=True) as tx:  # rewrites many rows
             count = await tx.chain_audit_backlog()
         if count:
             logger.info("Chained %d audit row(s) written before the hash chain", count)

@@ -107,7 +107,7 @@ class KeyService:
         signers = [old_root_key] if role == "targets" else [old_root_key, fresh]
         envelope = sign_envelope(signed, signers)
         resigner = Signer(targets_key)
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(offload=True) as tx:  # rewrites many rows
             await tx.insert_root(current.version + 1, envelope, format_time(utcnow()))
             await tx.append_change(
                 "root.rotated", data={"version": current.version + 1, "role": role}

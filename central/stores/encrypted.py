@@ -194,7 +194,7 @@ async def rotate_master(store: SqliteStore, old: MasterKey, new: MasterKey) -> i
     def rewrap(digest: str, wrapped: bytes) -> bytes:
         return wrap_key(new.key, unwrap_key(old.key, wrapped, digest), digest)
 
-    async with store.transaction() as tx:
+    async with store.transaction(offload=True) as tx:  # rewrites many rows
         counts = await tx.blob_key_counts()
         unknown = sorted(set(counts) - {old.id, new.id})
         if unknown:

@@ -11,16 +11,18 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from central.domain import Alias, AliasEvent, Blob, Change, Model, Token, Version
-from central.stores._sqlbase import dumps
+from central.stores._sqlbase import InlineStatements, Statements, ThreadedStatements, dumps
 from central.stores.sqlite_approvals import ApprovalReads, ApprovalWrites
 from central.stores.sqlite_audit import AuditReads, AuditWrites
 from central.stores.sqlite_blobkeys import BlobKeyReads, BlobKeyWrites
@@ -35,6 +37,10 @@ from shared.timeutil import format_time, utcnow
 logger = logging.getLogger(__name__)
 
 _VERSION_COLUMNS = "v.*, m.name AS model_name"
+BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's write lock
+CHECKPOINT_COMMITS = 200  # a WAL checkpoint after this many commits...
+CHECKPOINT_SECONDS = 1.0  # ...or this long after the last one, whichever comes first
+T = TypeVar("T")
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -346,7 +352,7 @@ class Transaction(
             "VALUES (?, ?, ?, ?, ?, ?)",
             (name, description, owner, dumps(tags), at, at),
         )
-        await self._conn.executemany(
+        await self._many(
             "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?)",
             [(model_id, k, v) for k, v in tags.items()],
         )
@@ -360,7 +366,7 @@ class Transaction(
             (description, dumps(tags), at, model_id),
         )
         await self._run("DELETE FROM model_tags WHERE model_id = ?", (model_id,))
-        await self._conn.executemany(
+        await self._many(
             "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?)",
             [(model_id, k, v) for k, v in tags.items()],
         )
@@ -395,19 +401,18 @@ class Transaction(
             )
         except ConflictError as e:
             raise ConflictError(f"version {v.model}@{v.version} already exists") from e
-        conn = self._conn
-        await conn.executemany(
+        await self._many(
             "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
-        if v.tags:  # each statement is a hop to the database thread: skip empty ones
-            await conn.executemany(
+        if v.tags:
+            await self._many(
                 "INSERT INTO version_tags (version_id, key, value) VALUES (?, ?, ?)",
                 [(version_id, k, val) for k, val in v.tags.items()],
             )
         metrics = v.metadata.get("training", {}).get("metrics", {})
         if metrics:
-            await conn.executemany(
+            await self._many(
                 "INSERT INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
                 [(version_id, k, float(val)) for k, val in metrics.items()],
             )
@@ -451,12 +456,14 @@ class Transaction(
 
     async def insert_blob(self, blob: Blob) -> bool:
         """Record a blob; False if it was already recorded."""
-        async with self._conn.execute(
-            "INSERT OR IGNORE INTO blobs (digest, size, zdigest, zsize, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (blob.digest, blob.size, blob.zdigest, blob.zsize, blob.created_at),
-        ) as cur:
-            return cur.rowcount == 1
+        return (
+            await self._change(
+                "INSERT OR IGNORE INTO blobs (digest, size, zdigest, zsize, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (blob.digest, blob.size, blob.zdigest, blob.zsize, blob.created_at),
+            )
+            == 1
+        )
 
     async def put_onnx_signature(self, digest: str, signature: dict[str, Any]) -> None:
         await self._run(
@@ -505,7 +512,7 @@ class Transaction(
             )
             if not rows:
                 return count
-            await self._conn.executemany(
+            await self._many(
                 "UPDATE versions SET manifest = ? WHERE id = ?",
                 [(dumps(sign(json.loads(r["manifest"])["signed"])), r["id"]) for r in rows],
             )
@@ -539,19 +546,54 @@ SEARCH_ORDERS: dict[str, tuple[str, str, str]] = {
 
 
 class SqliteStore(_Reads):
-    """The registry's metadata in one SQLite database file."""
+    """The registry's metadata in one SQLite database file.
+
+    Reads go through an aiosqlite connection (one hop to its thread each). Writes go
+    through one writer connection under an asyncio lock: a transaction's statements
+    run inline on the loop (each is an indexed write of microseconds, cheaper than a
+    hop to a thread), and ``transaction(offload=True)`` sends them to the writer's
+    own thread instead, for the few that rewrite whole tables. Nothing inline can
+    wait on a lock or a disk: ``BEGIN IMMEDIATE`` is retried asynchronously while
+    another process writes, and WAL checkpoints (the fsyncs of ``normal``
+    durability) run on a separate connection's thread. With ``full`` durability the
+    ``COMMIT`` itself syncs, so it runs on the writer's thread.
+    """
 
     def __init__(self, path: Path, *, durability: str = "normal") -> None:
         self.path = path
         self._durability = durability
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: asyncio.Future[Any] | None = None  # last work sent to the writer thread
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._commits_since_checkpoint = 0
+        self._last_checkpoint = 0.0
         self._lock = asyncio.Lock()
         self.on_commit: Callable[[], None] | None = None  # told after every commit
 
     async def open(self) -> None:
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        super().__init__(await self._connect())
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="skiff-sqlite-writer")
+        self._writer = await self._offload(self._open_writer)
+        self._checkpointer = await self._connect()
+        super().__init__(ThreadedStatements(await self._connect()))
+        self._last_checkpoint = time.monotonic()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            _configure(conn, self._durability)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # here, on the thread
+            _migrate(conn)
+            # Inline statements must never sleep on a lock: BEGIN is retried by _begin.
+            conn.execute("PRAGMA busy_timeout = 0")
+            # Checkpoints run on the checkpointer's thread, never inside a commit.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -559,49 +601,173 @@ class SqliteStore(_Reads):
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute(f"PRAGMA synchronous = {self._durability.upper()}")
         await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return conn
 
     async def close(self) -> None:
-        for conn in (getattr(self, "_conn", None), self._writer):
-            if conn is not None:
-                await conn.close()
-        self._writer = None
+        if self._checkpoint_task is not None:
+            await asyncio.wait([self._checkpoint_task])
+            self._checkpoint_task = None
+        reader = getattr(self, "_db", None)
+        if isinstance(reader, ThreadedStatements):
+            await reader.close()
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+            self._checkpointer = None
+        if self._executor is not None:
+            await self._settle()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await self._offload(writer.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        async with conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations") as cur:
-            row = await cur.fetchone()
-        current = 0 if row is None else int(row[0])
-        for number, script in _migrations():
-            if number <= current:
-                continue
-            logger.info("Applying schema migration %04d", number)
-            # executescript commits first; the script and its bookkeeping go in one transaction.
-            await conn.executescript(
+    def _offload(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the writer's thread; later work waits for it (see _settle)."""
+        assert self._executor is not None
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self._inflight = future
+        return future
+
+    async def _settle(self) -> None:
+        """Wait for work a cancelled transaction left running on the writer's thread."""
+        while (pending := self._inflight) is not None and not pending.done():
+            await asyncio.wait([pending])
+        self._inflight = None
+
+    @asynccontextmanager
+    async def transaction(self, *, offload: bool = False) -> AsyncIterator[Transaction]:
+        """One write transaction; commits on success, rolls back on any exception.
+
+        Args:
+            offload: Run the statements on the writer's thread: for transactions that
+                rewrite many rows and would hold the event loop for too long.
+        """
+        conn = self._writer
+        if conn is None:
+            raise RuntimeError("store is not open")
+        async with self._lock:
+            await self._settle()
+            if conn.in_transaction:  # left open by a cancelled transaction
+                conn.execute("ROLLBACK")
+            await self._begin(conn)
+            statements: Statements = (
+                _OffloadedStatements(conn, self._offload) if offload else InlineStatements(conn)
+            )
+            try:
+                yield Transaction(statements)
+            except BaseException:
+                if self._inflight is not None and not self._inflight.done():
+                    self._offload(lambda: _rollback(conn))  # after the statement in flight
+                else:
+                    _rollback(conn)
+                raise
+            if offload or self._durability == "full":
+                await asyncio.shield(self._offload(lambda: conn.execute("COMMIT")))
+            else:
+                conn.execute("COMMIT")
+        self._committed()
+        if self.on_commit is not None:
+            self.on_commit()
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, retried without blocking while another process writes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _committed(self) -> None:
+        """Start a WAL checkpoint now and then, off the loop and outside any commit."""
+        self._commits_since_checkpoint += 1
+        if self._checkpoint_task is not None or self._checkpointer is None:
+            return
+        due = time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS
+        if due or self._commits_since_checkpoint >= CHECKPOINT_COMMITS:
+            self._checkpoint_task = asyncio.create_task(self._checkpoint(self._checkpointer))
+
+    async def _checkpoint(self, conn: aiosqlite.Connection) -> None:
+        self._commits_since_checkpoint = 0
+        try:
+            await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:  # the next one tries again
+            logger.warning("WAL checkpoint failed: %s", e)
+        finally:
+            self._last_checkpoint = time.monotonic()
+            self._checkpoint_task = None
+
+
+class _OffloadedStatements:
+    """The writer's statements, each run on the writer's thread."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, offload: Callable[[Callable[[], Any]], asyncio.Future[Any]]
+    ) -> None:
+        self._inline = InlineStatements(conn)
+        self._conn = conn
+        self._offload = offload
+
+    async def fetchall(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        conn = self._conn
+        rows: list[sqlite3.Row] = await self._offload(lambda: conn.execute(sql, params).fetchall())
+        return rows
+
+    async def insert(self, sql: str, params: Sequence[Any]) -> int:
+        conn = self._conn
+        rowid: int = await self._offload(lambda: conn.execute(sql, params).lastrowid or 0)
+        return rowid
+
+    async def change(self, sql: str, params: Sequence[Any]) -> int:
+        conn = self._conn
+        count: int = await self._offload(lambda: conn.execute(sql, params).rowcount)
+        return count
+
+    async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        conn, batch = self._conn, list(rows)
+        await self._offload(lambda: conn.executemany(sql, batch))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _configure(conn: sqlite3.Connection, durability: str) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the schema migrations the database has not seen, each in one transaction."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    current = 0 if row is None else int(row[0])
+    for number, script in _migrations():
+        if number <= current:
+            continue
+        logger.info("Applying schema migration %04d", number)
+        # executescript commits first; the script and its bookkeeping go in one transaction.
+        try:
+            conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\n"
                 f"INSERT INTO schema_migrations VALUES ({number}, '{format_time(utcnow())}');\n"
                 "COMMIT;"
             )
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """One write transaction; commits on success, rolls back on any exception."""
-        if self._writer is None:
-            raise RuntimeError("store is not open")
-        async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield Transaction(self._writer)
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
-        if self.on_commit is not None:
-            self.on_commit()
+        except BaseException:
+            _rollback(conn)
+            raise
 
 
 def _version(row: sqlite3.Row, aliases: tuple[str, ...]) -> Version:

@@ -193,9 +193,8 @@ class ApprovalWrites(SqlBase):
 
     async def expire_requests(self, now: str) -> int:
         """Mark every pending request past its expiry as expired; how many were."""
-        async with self._conn.execute(
+        return await self._change(
             "UPDATE approval_requests SET status = 'expired', decided_at = expires_at "
             "WHERE status = 'pending' AND expires_at <= ?",
             (now,),
-        ) as cur:
-            return cur.rowcount
+        )

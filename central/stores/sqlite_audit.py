@@ -285,9 +285,7 @@ class AuditWrites(SqlBase):
                 digest = hash_of(entry, prev)
                 updates.append((prev, digest, entry.id))
                 prev = digest
-            await self._conn.executemany(
-                "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", updates
-            )
+            await self._many("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", updates)
             count += len(entries)
             last_id = entries[-1].id
 

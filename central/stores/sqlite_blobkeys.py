@@ -56,7 +56,7 @@ class BlobKeyWrites(SqlBase):
             )
             if not rows:
                 return count
-            await self._conn.executemany(
+            await self._many(
                 "UPDATE blob_keys SET wrapped = ?, master_key_id = ? WHERE digest = ?",
                 [(rewrap(r["digest"], bytes(r["wrapped"])), new_id, r["digest"]) for r in rows],
             )

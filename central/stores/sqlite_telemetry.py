@@ -44,12 +44,14 @@ class TelemetryReads(SqlBase):
 class TelemetryWrites(SqlBase):
     async def claim_batch(self, batch_id: str, device: str, at: str) -> bool:
         """Record a batch id; False if it was counted before (a retried upload)."""
-        async with self._conn.execute(
-            "INSERT OR IGNORE INTO telemetry_batches (batch_id, device, received_at)"
-            " VALUES (?, ?, ?)",
-            (batch_id, device, at),
-        ) as cur:
-            return cur.rowcount == 1
+        return (
+            await self._change(
+                "INSERT OR IGNORE INTO telemetry_batches (batch_id, device, received_at)"
+                " VALUES (?, ?, ?)",
+                (batch_id, device, at),
+            )
+            == 1
+        )
 
     async def insert_window(
         self, device: str, fleet: str, start: str, end: str, stats: VersionStats

@@ -158,28 +158,26 @@ class WebhookWrites(SqlBase):
     async def deactivate_webhook(self, webhook_id: str, at: str) -> int:
         """Deactivate, forget the secret and fail what is still pending; returns how many."""
         await self._run("UPDATE webhooks SET active = 0, secret = '' WHERE id = ?", (webhook_id,))
-        async with self._conn.execute(
+        return await self._change(
             "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL,"
             " last_error = 'webhook removed' WHERE webhook_id = ? AND status = 'pending'",
             (webhook_id,),
-        ) as cur:
-            return cur.rowcount
+        )
 
     async def requeue_delivery(self, webhook_id: str, delivery_id: int, due: float) -> int:
         """Make a finished delivery pending again, with a fresh count; 1 if it was found."""
-        async with self._conn.execute(
+        return await self._change(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"
             " delivered_at = NULL WHERE id = ? AND webhook_id = ? AND status != 'pending'",
             (due, delivery_id, webhook_id),
-        ) as cur:
-            return cur.rowcount
+        )
 
     async def set_webhook_cursor(self, seq: int) -> None:
         await self._run("UPDATE webhook_cursor SET seq = ? WHERE id = 1", (seq,))
 
     async def insert_deliveries(self, rows: Sequence[NewDelivery], due: float) -> None:
         """Enqueue deliveries; one already enqueued for the same webhook and event is kept."""
-        await self._conn.executemany(
+        await self._many(
             "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, event, event_id, body,"
             " status, attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, 'pending', 0,"
             " ?, ?)",
@@ -201,7 +199,7 @@ class WebhookWrites(SqlBase):
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (now, limit),
         )
-        await self._conn.executemany(
+        await self._many(
             "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ?",
             [(lease_until, r["id"]) for r in rows],
         )
