@@ -49,27 +49,33 @@ def canonical_json(obj: Any, *, allow_floats: bool = False) -> bytes:
 
 
 def _check(obj: Any, allow_floats: bool, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise FormatError(f"JSON nesting deeper than {_MAX_DEPTH}")
-    if obj is None or isinstance(obj, str | bool | int):
-        return
-    if isinstance(obj, float):
-        if not allow_floats:
-            raise FormatError(f"floats are not allowed in canonical JSON, got {obj!r}")
-        if not math.isfinite(obj):
-            raise FormatError(f"NaN and Infinity are not allowed, got {obj!r}")
-        return
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, str):
-                raise FormatError(f"JSON object keys must be str, got {type(key).__name__}")
-            _check(value, allow_floats, depth + 1)
-        return
-    if isinstance(obj, list | tuple):
-        for item in obj:
-            _check(item, allow_floats, depth + 1)
-        return
-    raise FormatError(f"type {type(obj).__name__} is not allowed in canonical JSON")
+    """Refuse what canonical JSON cannot represent; iterative, exact types first."""
+    stack = [(obj, depth)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, level = pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if level > _MAX_DEPTH:
+            raise FormatError(f"JSON nesting deeper than {_MAX_DEPTH}")
+        if item and level == _MAX_DEPTH and isinstance(item, dict | list | tuple):
+            raise FormatError(f"JSON nesting deeper than {_MAX_DEPTH}")  # its items would be
+        if kind is dict or isinstance(item, dict):
+            for key, value in item.items():
+                if type(key) is not str and not isinstance(key, str):
+                    raise FormatError(f"JSON object keys must be str, got {type(key).__name__}")
+                push((value, level + 1))
+        elif kind is list or kind is tuple or isinstance(item, list | tuple):
+            for value in item:
+                push((value, level + 1))
+        elif isinstance(item, float):
+            if not allow_floats:
+                raise FormatError(f"floats are not allowed in canonical JSON, got {item!r}")
+            if not math.isfinite(item):
+                raise FormatError(f"NaN and Infinity are not allowed, got {item!r}")
+        elif not isinstance(item, str | int):  # subclasses of the scalar types
+            raise FormatError(f"type {kind.__name__} is not allowed in canonical JSON")
 
 
 def loads_json(data: bytes, *, max_bytes: int) -> Any:

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SIGNATURES",
     "add_signature",
     "parse_envelope",
+    "sign_encoded",
     "sign_envelope",
     "signed_bytes",
     "verify_envelope",
@@ -45,13 +46,24 @@ def sign_envelope(signed: Mapping[str, Any], keys: Sequence[SigningKey]) -> dict
         FormatError: ``signed`` cannot be encoded as canonical JSON.
     """
     payload = signed_bytes(signed)
+    # Re-read the payload so the envelope holds exactly what was signed.
+    return sign_encoded(loads_json(payload, max_bytes=len(payload)), payload, keys)
+
+
+def sign_encoded(
+    signed: dict[str, Any], payload: bytes, keys: Sequence[SigningKey]
+) -> dict[str, Any]:
+    """Like :func:`sign_envelope`, for a caller that already holds ``signed_bytes(signed)``.
+
+    ``signed`` must be plain JSON values (dicts, lists, str, int, None) whose canonical
+    encoding is ``payload``, as a document's ``to_dict()`` builds them: the envelope
+    holds it as it is.
+    """
     signatures: dict[str, str] = {}
     for key in keys:
         signatures.setdefault(key.keyid, key.sign(payload).hex())
-    # Re-read the payload so the envelope holds exactly what was signed.
-    body = loads_json(payload, max_bytes=len(payload))
     return {
-        "signed": body,
+        "signed": signed,
         "signatures": [{"keyid": k, "sig": s} for k, s in signatures.items()],
     }
 

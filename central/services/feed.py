@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 Listener = Callable[[Change], None]
 BATCH = 1000
+COALESCE_SECONDS = 0.01  # how long a poke waits for the commits that follow it
 
 
 class ChangeFeed:
@@ -47,6 +48,8 @@ class ChangeFeed:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self._interval)
+            if self._poked.is_set():  # one read for a burst of commits, not one each
+                await asyncio.sleep(COALESCE_SECONDS)
             self._poked.clear()
             try:
                 await self.catch_up()

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from central.domain import STAGES, Actor, Model, Page, Version
+from central.domain import STAGES, Actor, Blob, Model, Page, Version
 from central.requests import ModelFields, RegisterVersion
 from central.services.blobs import BlobService
 from central.services.fleetstate import FleetStates
@@ -25,8 +26,10 @@ from central.services.permissions import READ, WRITE, require
 from central.services.policy import mask
 from central.services.signing import Signer
 from central.stores.sqlite import SqliteStore, Transaction
+from shared.canonical import canonical_json
+from shared.digest import sha256_digest
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
-from shared.manifest import FileEntry, Manifest, manifest_digest, metadata_digest
+from shared.manifest import FileEntry, Manifest, metadata_digest
 from shared.names import validate_name
 from shared.semver import SemVer
 from shared.timeutil import format_time, utcnow
@@ -104,6 +107,7 @@ class RegistryService:
     ) -> None:
         self._fleets = fleets
         self._signatures: dict[str, dict[str, Any]] = {}  # ONNX signature by model file digest
+        self._blobs_seen: dict[str, Blob] = {}  # blob records by digest (immutable)
         self.sensitive_paths: tuple[str, ...] = ()  # policy: masked in what devices receive
         self._store = store
         self._blobs = blobs
@@ -194,19 +198,26 @@ class RegistryService:
             raise InvalidInputError(f"a batch holds 1 to {MAX_BATCH} versions")
         for r in requests:
             require(actor, WRITE, r.model)
-        prepared = [await self._prepare(r) for r in requests]
-        ids = []
+        blobs = await self._blob_records({f.digest for r in requests for f in r.files})
+        prepared = [await self._prepare(r, blobs) for r in requests]
         async with self._store.transaction() as tx:
-            for p in prepared:
-                ids.append(await self._insert(tx, actor, p))
-        out = await self._store.get_versions_by_ids(ids)
-        assert len(out) == len(ids)  # committed above
+            out = [await self._insert(tx, actor, p) for p in prepared]
         for v in out:
             logger.info("Registered %s@%s (%s)", v.model, v.version, v.format)
         return out
 
-    async def _prepare(self, r: RegisterVersion) -> _Prepared:
-        blobs = await self._store.get_blobs(f.digest for f in r.files)
+    async def _blob_records(self, digests: set[str]) -> dict[str, Blob]:
+        """The stored blobs among ``digests``; a blob, once recorded, is never removed."""
+        found = {d: self._blobs_seen[d] for d in digests if d in self._blobs_seen}
+        if len(found) < len(digests):
+            fetched = await self._store.get_blobs(digests - set(found))
+            if len(self._blobs_seen) + len(fetched) > 10_000:
+                self._blobs_seen.clear()
+            self._blobs_seen.update(fetched)
+            found.update(fetched)
+        return found
+
+    async def _prepare(self, r: RegisterVersion, blobs: Mapping[str, Blob]) -> _Prepared:
         missing = sorted({f.digest for f in r.files} - set(blobs))
         if missing:
             raise ConflictError(f"blob(s) not uploaded yet: {', '.join(missing)}")
@@ -252,7 +263,8 @@ class RegistryService:
                 await self._blobs.read_raw_to(f.digest, dst, f.size)
             return await asyncio.to_thread(onnx_signature, root / main.path)
 
-    async def _insert(self, tx: Transaction, actor: Actor, p: _Prepared) -> int:
+    async def _insert(self, tx: Transaction, actor: Actor, p: _Prepared) -> Version:
+        """Write one prepared version; returns it as stored (a new version has no alias)."""
         r = p.request
         model_id = await tx.model_id(r.model)
         if model_id is None:
@@ -276,6 +288,7 @@ class RegistryService:
             r.model, version, p.format, p.files, meta_digest, parent, r.branch, created
         )
         signed = manifest.to_dict()
+        payload = canonical_json(signed)  # encoded once: digested and signed
         record = Version(
             id=0,
             model=r.model,
@@ -290,8 +303,8 @@ class RegistryService:
             metadata=r.metadata,
             signature=p.signature,
             files=[f.to_dict() for f in p.files],
-            manifest=self._signer.sign(signed),
-            manifest_digest=manifest_digest(signed),
+            manifest=self._signer.sign_encoded(signed, payload),
+            manifest_digest=sha256_digest(payload),
             metadata_digest=meta_digest,
             created_at=created,
             signed_metadata=None if device_view == metadata else device_view,
@@ -311,7 +324,7 @@ class RegistryService:
             action="version.register",
             target=f"{r.model}@{version}",
         )
-        return version_id
+        return dataclasses.replace(record, id=version_id)
 
     async def metadata_document(
         self, actor: Actor, model: str, version: str, *, signed: bool = False

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.envelope import sign_envelope
+from shared.envelope import sign_encoded, sign_envelope
 from shared.keys import SigningKey, load_signing_key
 from shared.timeutil import utcnow
 from shared.trust import Root, new_root
@@ -43,6 +43,10 @@ class Signer:
 
     def sign(self, signed: Mapping[str, Any]) -> dict[str, Any]:
         return sign_envelope(signed, [self._targets])
+
+    def sign_encoded(self, signed: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        """Sign ``payload``, the canonical JSON of ``signed`` (see ``sign_encoded``)."""
+        return sign_encoded(signed, payload, [self._targets])
 
 
 def first_root(root_key: SigningKey, targets_key: SigningKey, expiry_days: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ BATCH = 500  # changes turned into deliveries per transaction
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 3600.0
 LEASE_MARGIN_SECONDS = 5.0  # beyond the timeout, before a claimed attempt may be retried
+COALESCE_SECONDS = 0.05  # how long a poke waits for the commits that follow it
 IDLE_SECONDS = 1.0  # longest sleep between looks at the change log and the queue
 MAX_ERROR_CHARS = 500
 
@@ -108,6 +109,8 @@ class WebhookDispatcher:
                         logger.exception("Webhook delivery loop failed; retrying")
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._poked.wait(), wait)
+                    if self._poked.is_set():  # one pass for a burst of commits, not one each
+                        await asyncio.sleep(COALESCE_SECONDS)
                     self._poked.clear()
             finally:
                 for task in list(self._inflight):
