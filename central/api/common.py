@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from aiohttp import web
 
+from central import jsonio
 from shared.canonical import loads_json
 from shared.errors import (
     FormatError,
@@ -94,7 +94,7 @@ def json_response(
     request: web.Request, data: Any, *, status: int = 200, etag: bool = True
 ) -> web.Response:
     """Render ``data``; GETs carry an ETag and answer a matching If-None-Match with 304."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = jsonio.dumps(data)
     headers = {}
     if etag and request.method in ("GET", "HEAD") and status == 200:
         tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -208,7 +208,8 @@ class SearchService:
         order, order_key = parse_order(order_by)
         where, params = to_sql(parse_filter(text) if text.strip() else [], order_key)
         if actor.models is not None:  # a scoped token finds only the models it may read
-            where.append("(" + (" OR ".join(["m.name GLOB ?"] * len(actor.models)) or "0") + ")")
+            globs = " OR ".join(["name GLOB ?"] * len(actor.models)) or "0"
+            where.append(f"v.model_id IN (SELECT id FROM models WHERE {globs})")
             params += actor.models
         if cursor is not None:
             value, last_id = _decode(cursor)
