@@ -1,0 +1,156 @@
+"""The SQLite store's write path: inline and offloaded transactions, another writer's lock,
+cancellation, durability and WAL checkpoints, on a real database file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from central.stores import sqlite as sqlite_module
+from central.stores.sqlite import SqliteStore
+from shared.errors import ConflictError
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "registry.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _add_change(store: SqliteStore, kind: str, *, offload: bool = False) -> None:
+    async with store.transaction(offload=offload) as tx:
+        await tx.append_change(kind)
+
+
+async def _kinds(store: SqliteStore) -> list[str]:
+    return [c.kind for c in await store.list_changes(0, 1000)]
+
+
+async def test_inline_and_offloaded_transactions_commit_and_roll_back(store: SqliteStore) -> None:
+    await _add_change(store, "a")
+    await _add_change(store, "b", offload=True)
+    for offload in (False, True):
+        with pytest.raises(RuntimeError, match="boom"):
+            async with store.transaction(offload=offload) as tx:
+                await tx.append_change("never")
+                raise RuntimeError("boom")
+    assert await _kinds(store) == ["a", "b"]
+
+
+async def test_a_constraint_failure_is_a_conflict_and_keeps_nothing(store: SqliteStore) -> None:
+    with pytest.raises(ConflictError):
+        async with store.transaction() as tx:
+            await tx.append_change("first")
+            await tx.insert_root(1, {"signed": {}}, "2026-01-01T00:00:00Z")
+            await tx.insert_root(1, {"signed": {}}, "2026-01-01T00:00:00Z")
+    assert await _kinds(store) == []
+    assert await store.get_root() is None
+
+
+async def test_a_transaction_waits_for_another_process_without_blocking_the_loop(
+    store: SqliteStore,
+) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    release_after = 0.4
+    threading.Timer(release_after, lambda: other.execute("COMMIT")).start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    start = time.monotonic()
+    try:
+        await _add_change(store, "after-the-other-writer")
+    finally:
+        task.cancel()
+        other.close()
+    waited = time.monotonic() - start
+    assert waited >= release_after * 0.9
+    assert ticks >= 10  # the loop ran other work while the write waited
+    assert await _kinds(store) == ["after-the-other-writer"]
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_write(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_MS", 200)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await _add_change(store, "never")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await _add_change(store, "later")
+    assert await _kinds(store) == ["later"]
+
+
+async def test_a_cancelled_offloaded_transaction_leaves_the_writer_usable(
+    store: SqliteStore,
+) -> None:
+    entered = asyncio.Event()
+
+    async def slow() -> None:
+        async with store.transaction(offload=True) as tx:
+            await tx.append_change("cancelled")
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(slow())
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _add_change(store, "next")
+    assert await _kinds(store) == ["next"]
+
+
+async def test_full_durability_commits(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "full.db", durability="full")
+    await s.open()
+    try:
+        await _add_change(s, "durable")
+        await _add_change(s, "offloaded", offload=True)
+    finally:
+        await s.close()
+    reopened = SqliteStore(tmp_path / "full.db")
+    await reopened.open()
+    try:
+        assert await _kinds(reopened) == ["durable", "offloaded"]
+    finally:
+        await reopened.close()
+
+
+async def test_checkpoints_keep_the_wal_from_growing(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_COMMITS", 5)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_SECONDS", 3600.0)
+    payload = {"pad": "x" * 20_000}  # a few pages a commit
+    commits = 200
+    for i in range(commits):
+        async with store.transaction() as tx:
+            await tx.append_change(f"c{i}", data=payload)
+        await asyncio.sleep(0.005)  # the checkpoint runs on its own thread meanwhile
+    wal = store.path.with_name(store.path.name + "-wal").stat().st_size
+    written = commits * len(payload["pad"])
+    # without checkpoints the WAL would hold every page written (the writer never
+    # checkpoints inside a commit); with them it is rewound and reused
+    assert wal < written / 4, f"WAL {wal} bytes after {written} bytes written"
+    assert len(await _kinds(store)) == commits
