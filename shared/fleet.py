@@ -470,12 +470,18 @@ class BlobVerifier:
     Feed the compressed bytes in order; each call returns the uncompressed
     bytes they complete. Never accepts more than ``zsize`` compressed bytes
     nor produces more than ``size`` uncompressed ones. Pure: no file I/O.
+
+    :meth:`feed` is :meth:`hash_compressed` then :meth:`decompress` on the same
+    bytes. The two halves keep separate state and each enforces ``zsize`` on its
+    own, so a caller may run them in two threads at once, provided each half is
+    given every chunk in order and :meth:`finish` comes after both.
     """
 
     def __init__(self, expected: FileEntry) -> None:
         self.expected = expected
         self._packed = Hasher()
         self._plain = Hasher()
+        self._unpacked = 0  # compressed bytes given to the decompressor
         self._decompressor = BoundedDecompressor(expected.size)
         self._finished = False
 
@@ -496,18 +502,43 @@ class BlobVerifier:
             LengthError: More than ``zsize`` compressed bytes, or output past ``size``.
             FormatError: The bytes are not a valid zstd frame.
         """
-        if self._finished:
-            raise RuntimeError("feed called after finish")
-        zsize = self.expected.zsize
-        if self._packed.nbytes + len(chunk) > zsize:
-            raise LengthError(
-                f"{self.expected.path}: expected {zsize} compressed bytes, "
-                f"got at least {self._packed.nbytes + len(chunk)}"
-            )
+        self.hash_compressed(chunk)
+        return self.decompress(chunk)
+
+    def hash_compressed(self, chunk: bytes) -> None:
+        """The compressed half of :meth:`feed`: count and hash ``chunk``.
+
+        Raises:
+            LengthError: More than ``zsize`` compressed bytes.
+        """
+        self._check_open()
+        self._check_zsize(self._packed.nbytes + len(chunk))
         self._packed.update(chunk)
+
+    def decompress(self, chunk: bytes) -> bytes:
+        """The uncompressed half of :meth:`feed`: decompress and hash ``chunk``.
+
+        Raises:
+            LengthError: More than ``zsize`` compressed bytes, or output past ``size``.
+            FormatError: The bytes are not a valid zstd frame.
+        """
+        self._check_open()
+        self._check_zsize(self._unpacked + len(chunk))
+        self._unpacked += len(chunk)
         data = self._decompressor.decompress(chunk)
         self._plain.update(data)
         return data
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("feed called after finish")
+
+    def _check_zsize(self, total: int) -> None:
+        if total > self.expected.zsize:
+            raise LengthError(
+                f"{self.expected.path}: expected {self.expected.zsize} compressed bytes, "
+                f"got at least {total}"
+            )
 
     def finish(self) -> None:
         """Check the whole blob against its signed sizes and digests.
@@ -526,6 +557,10 @@ class BlobVerifier:
             )
         if self._packed.digest != want.zdigest:
             raise DigestMismatchError(f"{path}: expected {want.zdigest}, got {self._packed.digest}")
+        if self._unpacked != want.zsize:
+            raise LengthError(
+                f"{path}: expected {want.zsize} compressed bytes decompressed, got {self._unpacked}"
+            )
         self._decompressor.finish()
         if self._plain.nbytes != want.size:
             raise LengthError(f"{path}: expected {want.size} bytes, got {self._plain.nbytes}")

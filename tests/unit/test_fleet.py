@@ -858,3 +858,31 @@ def test_blob_feed_after_finish_is_a_bug() -> None:
     _feed(verifier, packed, 100)
     with pytest.raises(RuntimeError):
         verifier.feed(b"")
+
+
+def test_blob_halves_fed_apart_verify_like_feed() -> None:
+    data = os.urandom(50_000) + b"w" * 300_000
+    entry, packed = _blob(data)
+    verifier = BlobVerifier(entry)
+    for i in range(0, len(packed), 1000):
+        verifier.hash_compressed(packed[i : i + 1000])
+    out = b"".join(verifier.decompress(packed[i : i + 777]) for i in range(0, len(packed), 777))
+    verifier.finish()
+    assert out == data
+
+
+def test_blob_each_half_stops_at_zsize() -> None:
+    entry, packed = _blob(os.urandom(10_000))
+    with pytest.raises(LengthError, match=f"expected {entry.zsize} compressed bytes"):
+        BlobVerifier(entry).hash_compressed(packed + b"\0")
+    with pytest.raises(LengthError, match=f"expected {entry.zsize} compressed bytes"):
+        BlobVerifier(entry).decompress(packed + b"\0")
+
+
+def test_blob_halves_given_different_bytes_fail() -> None:
+    entry, packed = _blob(os.urandom(10_000))
+    verifier = BlobVerifier(entry)
+    verifier.hash_compressed(packed)
+    verifier.decompress(packed[:-10])
+    with pytest.raises(LengthError, match="compressed bytes decompressed"):
+        verifier.finish()
