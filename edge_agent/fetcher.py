@@ -16,14 +16,15 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import aiohttp
 
+from edge_agent._worker import SerialWorker
 from shared.canonical import loads_json
 from shared.errors import DownloadError, DownloadHTTPError, LengthError, SkiffError
 
-__all__ = ["DEFAULT_JSON_MAX_LENGTH", "Fetcher", "ProgressCallback"]
+__all__ = ["DEFAULT_JSON_MAX_LENGTH", "DownloadSink", "Fetcher", "ProgressCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,26 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (bytes in the part file so far, ``max_length``) as a download goes."""
 
 _READ_CHUNK = 64 * 1024
-_WRITE_BUFFER = 1 << 20  # bytes gathered before one write in a worker thread
+_BATCH = 1 << 20  # bytes gathered before the part file and the sink take them
+_DOWNLOAD_READ_BUFFER = 1 << 20  # socket bytes aiohttp buffers for a download
+_PART_CACHE = 8 << 20  # part file bytes left in the page cache before they are dropped
+
+
+class DownloadSink(Protocol):
+    """Takes the bytes of a download as the part file receives them (e.g. a verifier).
+
+    It is given every byte of the part file from byte 0, in order: first what the
+    part file held already, then what arrives. Its methods run on the event loop
+    and may return before the bytes are processed, to overlap the network.
+    """
+
+    async def write(self, chunks: list[bytes]) -> None:
+        """Take the next bytes."""
+
+    async def reset(self) -> None:
+        """Forget every byte taken so far: the download starts again at byte 0."""
+
+
 _ERROR_BODY_CHARS = 300
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -113,6 +133,7 @@ class Fetcher:
         max_length: int,
         etag: str | None = None,
         progress: ProgressCallback | None = None,
+        sink: DownloadSink | None = None,
     ) -> None:
         """Download at most ``max_length`` bytes into ``part``, resuming what it holds.
 
@@ -120,10 +141,14 @@ class Fetcher:
         ``Range: bytes=n-`` (and ``If-Range: <etag>`` when given): a 206 answer
         is appended, a 200 answer replaces the file from byte 0. A part file of
         exactly ``max_length`` bytes is complete as far as sizes go and is left
-        for the caller to verify. The file is fsynced before this returns.
+        for the caller to verify. With a ``sink``, it is given the bytes as the
+        part file takes them (see :class:`DownloadSink`); its errors are raised
+        as they are.
 
-        A transport failure keeps the bytes received for the next attempt; a
-        size violation or an answer that cannot be appended deletes the file.
+        The part file is not fsynced: it holds bytes still to be verified, which
+        whoever uses them verifies whole. A transport failure keeps the bytes
+        received for the next attempt; a size violation or an answer that cannot
+        be appended deletes the file.
 
         Raises:
             LengthError: The server sent more than ``max_length`` bytes.
@@ -135,18 +160,23 @@ class Fetcher:
         if have > max_length:
             logger.warning("Part file %s holds more than %d bytes; restarting", part, max_length)
             have = 0
+        if sink is not None and have > 0:
+            await _replay(part, have, sink)
         if have == max_length and have > 0:
             logger.debug("Part file %s already holds all %d bytes", part, max_length)
             return
+        target = _Target(part, sink, progress)
         try:
             try:
-                await self._download(path_url, part, max_length, have, etag, progress)
+                await self._download(path_url, target, max_length, have, etag)
             except DownloadHTTPError as e:
                 if e.status_code != 416 or have == 0:
                     raise
                 # The part file does not fit what the server holds: start again once.
                 logger.info("Range %d- of %s not satisfiable; restarting", have, path_url)
-                await self._download(path_url, part, max_length, 0, etag, progress)
+                if sink is not None:
+                    await sink.reset()
+                await self._download(path_url, target, max_length, 0, etag)
         except (LengthError, _RestartError) as e:
             await asyncio.to_thread(_unlink, part)
             if isinstance(e, _RestartError):
@@ -154,13 +184,7 @@ class Fetcher:
             raise
 
     async def _download(
-        self,
-        path_url: str,
-        part: Path,
-        max_length: int,
-        have: int,
-        etag: str | None,
-        progress: ProgressCallback | None,
+        self, path_url: str, target: _Target, max_length: int, have: int, etag: str | None
     ) -> None:
         headers: dict[str, str] = {}
         if have > 0:
@@ -179,6 +203,7 @@ class Fetcher:
             timeout=client_timeout,
             ok=(200, 206),
             auto_decompress=False,
+            read_bufsize=_DOWNLOAD_READ_BUFFER,
         ) as resp:
             if resp.status == 206:
                 start = _content_range_start(resp.headers.get("Content-Range"))
@@ -187,45 +212,52 @@ class Fetcher:
                         f"expected a range starting at byte {have}, got Content-Range "
                         f"{resp.headers.get('Content-Range')!r}"
                     )
-            else:
-                if have:
-                    logger.info("Server ignored the range for %s; restarting", path_url)
+            elif have:
+                logger.info("Server ignored the range for %s; restarting", path_url)
                 have = 0
+                if target.sink is not None:
+                    await target.sink.reset()
             limit = max_length - have
             if resp.content_length is not None and resp.content_length > limit:
                 raise LengthError(
                     f"expected at most {limit} more bytes, the server announces "
                     f"{resp.content_length}"
                 )
-            writer = await asyncio.to_thread(_open_part, part, have > 0)
+            writer = _PartWriter(await asyncio.to_thread(_open_part, target.part, have > 0))
             try:
-                await self._copy(resp, writer, have, max_length, progress)
+                await self._copy(resp, writer, target, have, max_length)
             finally:
-                await asyncio.to_thread(writer.close)
+                await writer.close()
 
     async def _copy(
         self,
         resp: aiohttp.ClientResponse,
         writer: _PartWriter,
+        target: _Target,
         have: int,
         max_length: int,
-        progress: ProgressCallback | None,
     ) -> None:
         total = have
+        batch: list[bytes] = []
+        pending = 0
         try:
-            async for chunk in _chunks(resp):
+            async for chunk in _received(resp):
                 total += len(chunk)
                 if total > max_length:
                     raise LengthError(f"the server sent more than the signed {max_length} bytes")
-                writer.buffer(chunk)
-                if writer.pending >= _WRITE_BUFFER:
-                    await asyncio.to_thread(writer.flush)
-                if progress is not None:
-                    progress(total, max_length)
+                batch.append(chunk)
+                pending += len(chunk)
+                if pending >= _BATCH:
+                    full, batch, pending = batch, [], 0
+                    await target.take(writer, full)
+                if target.progress is not None:
+                    target.progress(total, max_length)
         finally:
             # Keep what arrived, so that a transport failure can resume from it.
-            await asyncio.to_thread(writer.flush)
-        await asyncio.to_thread(writer.sync)
+            await writer.write(batch)
+        await writer.flush()
+        if target.sink is not None and batch:
+            await target.sink.write(batch)
 
     @contextlib.asynccontextmanager
     async def _request(
@@ -262,34 +294,70 @@ class _RestartError(Exception):
     """The part file cannot be continued from this answer; it must be dropped."""
 
 
+class _Target:
+    """Where a download's bytes go: the part file, the sink and the progress callback."""
+
+    def __init__(
+        self, part: Path, sink: DownloadSink | None, progress: ProgressCallback | None
+    ) -> None:
+        self.part = part
+        self.sink = sink
+        self.progress = progress
+
+    async def take(self, writer: _PartWriter, batch: list[bytes]) -> None:
+        await writer.write(batch)
+        if self.sink is not None:
+            await self.sink.write(batch)
+
+
 class _PartWriter:
-    """Buffers chunks on the event loop and writes them in worker threads."""
+    """Appends batches to the part file in a worker thread while the loop receives more."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
-        self._chunks: list[bytes] = []
-        self.pending = 0
+        self._worker = SerialWorker("blob-part")
+        self._unsynced = 0
 
-    def buffer(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self.pending += len(chunk)
+    async def write(self, batch: list[bytes]) -> None:
+        if batch:
+            await self._worker.submit(self._append, batch)
 
-    def flush(self) -> None:
-        chunks, self._chunks, self.pending = self._chunks, [], 0
-        for chunk in chunks:
-            self._f.write(chunk)
-        self._f.flush()
+    def _append(self, batch: list[bytes]) -> None:
+        self._f.writelines(batch)
+        self._unsynced += sum(map(len, batch))
+        if self._unsynced >= _PART_CACHE and hasattr(os, "posix_fadvise"):
+            # The part file is read again only to resume: write it out and drop it
+            # from the page cache as it grows, so a download does not hold it in memory.
+            self._f.flush()
+            os.fdatasync(self._f.fileno())
+            os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            self._unsynced = 0
 
-    def sync(self) -> None:
-        os.fsync(self._f.fileno())
+    async def flush(self) -> None:
+        """Wait until every batch is written; raise what failed."""
+        await self._worker.wait()
+        await asyncio.to_thread(self._f.flush)
 
-    def close(self) -> None:
-        self._f.close()
+    async def close(self) -> None:
+        await self._worker.close()
+        await asyncio.to_thread(self._f.close)
 
 
-def _open_part(part: Path, append: bool) -> _PartWriter:
+def _open_part(part: Path, append: bool) -> BinaryIO:
     part.parent.mkdir(parents=True, exist_ok=True)
-    return _PartWriter(open(part, "ab" if append else "wb"))
+    return open(part, "ab" if append else "wb")
+
+
+async def _replay(part: Path, have: int, sink: DownloadSink) -> None:
+    """Give ``sink`` the first ``have`` bytes of the part file."""
+    f = await asyncio.to_thread(open, part, "rb")
+    try:
+        left = have
+        while left > 0 and (chunk := await asyncio.to_thread(f.read, min(_BATCH, left))):
+            left -= len(chunk)
+            await sink.write([chunk])
+    finally:
+        await asyncio.to_thread(f.close)
 
 
 def _file_size(path: Path) -> int:
@@ -311,6 +379,16 @@ def _content_range_start(value: str | None) -> int | None:
 async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     while chunk := await resp.content.read(_READ_CHUNK):
         yield chunk
+
+
+async def _received(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body in the pieces the connection received (no copies; each at most a socket read)."""
+    while True:
+        chunk, end_of_http_chunk = await resp.content.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:
+            return
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, max_length: int) -> bytes:

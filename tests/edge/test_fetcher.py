@@ -417,3 +417,84 @@ async def test_an_overlong_part_file_is_restarted(
     await fetcher.download_to(f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize)
     assert part.read_bytes() == packed
     assert [r["range"] for r in blob_requests(blob_server)] == [None]
+
+
+class RecordingSink:
+    """A DownloadSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.resets = 0
+
+    async def write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.data += chunk
+
+    async def reset(self) -> None:
+        self.data.clear()
+        self.resets += 1
+
+
+async def test_sink_gets_the_part_file_from_byte_zero_when_resuming(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(3_000_000, 30)  # several batches
+    blob_server.add(entry, packed)
+    part = tmp_path / "b.zst.part"
+    part.write_bytes(packed[:1_234_567])
+    sink = RecordingSink()
+    url = f"/api/v1/blobs/{entry.digest}"
+    await fetcher.download_to(url, part, max_length=entry.zsize, sink=sink)
+    assert bytes(sink.data) == packed
+    assert part.read_bytes() == packed
+    assert sink.resets == 0
+    assert [r["range"] for r in blob_requests(blob_server)] == ["bytes=1234567-"]
+
+
+async def test_sink_is_reset_when_the_server_sends_the_whole_blob(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(2_000_000, 31)
+    blob_server.add(entry, packed)
+    part = tmp_path / "b.zst.part"
+    part.write_bytes(packed[:500_000])
+    blob_server.ignore_range = True
+    sink = RecordingSink()
+    await fetcher.download_to(
+        f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=sink
+    )
+    assert bytes(sink.data) == packed
+    assert sink.resets == 1
+
+
+async def test_sink_gets_a_complete_part_file_without_a_request(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(100_000, 32)
+    blob_server.add(entry, packed)
+    part = tmp_path / "b.zst.part"
+    part.write_bytes(packed)
+    sink = RecordingSink()
+    await fetcher.download_to(
+        f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=sink
+    )
+    assert bytes(sink.data) == packed
+    assert blob_requests(blob_server) == []
+
+
+async def test_a_sink_error_stops_the_download_and_is_raised_as_it_is(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(3_000_000, 33)
+    blob_server.add(entry, packed)
+
+    class Refusing(RecordingSink):
+        async def write(self, chunks: list[bytes]) -> None:
+            raise FormatError("not a zstd frame")
+
+    part = tmp_path / "b.zst.part"
+    with pytest.raises(FormatError):
+        await fetcher.download_to(
+            f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=Refusing()
+        )
+    assert len(part.read_bytes()) < entry.zsize
