@@ -3,6 +3,11 @@
 Both paths, network and bundle, stream the compressed bytes through
 :class:`shared.fleet.BlobVerifier` into a staged file next to the blob store;
 only a blob that matches every signed size and digest is moved into the cache.
+A download is verified as it arrives: each batch goes to the part file (kept for
+resuming) and to the verifier, whose compressed-side hash and decompression run
+in two worker threads while the next bytes arrive. A resumed download first
+feeds the verifier what the part file holds.
+
 A verification failure leaves nothing behind: the partial download and the
 staged file are deleted and the ``RepositoryError`` is raised. A transport
 failure keeps the partial download for the next attempt to resume, unless the
@@ -16,10 +21,12 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
+from edge_agent._worker import SerialWorker
 from edge_agent.cache import Cache
 from edge_agent.fetcher import Fetcher, ProgressCallback
 from shared.digest import parse_digest
@@ -33,6 +40,7 @@ __all__ = ["fetch_blob", "import_blob"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_SYNC_EVERY = 16 << 20  # staged bytes written between two fdatasync calls
 
 
 async def fetch_blob(
@@ -60,29 +68,36 @@ async def fetch_blob(
         if await cache.has_blob(entry.digest):
             return
         part = cache.partial_path(entry.digest)
+        staged = cache.staging_path(entry.digest)
         validator = etag if etag is not None else f'"{parse_digest(entry.zdigest)}"'
+        data_key = new_key() if cache.encrypted else None
         try:
-            await fetcher.download_to(
-                f"/api/v1/blobs/{entry.digest}",
-                part,
-                max_length=entry.zsize,
-                etag=validator,
-                progress=progress,
-            )
-        except BaseException:
-            if cache.encrypted:  # compressed model bytes: never kept at rest
+            out = await asyncio.to_thread(_create, staged)
+            sink = _StagedBlob(entry, out, data_key)
+            try:
+                await fetcher.download_to(
+                    f"/api/v1/blobs/{entry.digest}",
+                    part,
+                    max_length=entry.zsize,
+                    etag=validator,
+                    progress=progress,
+                    sink=sink,
+                )
+                # Every byte is in the verifier now: the part file is no longer needed.
+                await asyncio.gather(sink.finish(), asyncio.to_thread(part.unlink, missing_ok=True))
+            except RepositoryError as e:
+                logger.warning("Blob %s (%s) failed verification: %s", entry.digest, entry.path, e)
                 await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise
-
-        def opener() -> IO[bytes]:
-            return open(part, "rb")
-
-        try:
-            await _verify_and_store(opener, cache, entry)
-        except RepositoryError:
-            await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise
-        await asyncio.to_thread(part.unlink, missing_ok=True)
+                raise
+            except BaseException:
+                if cache.encrypted:  # compressed model bytes: never kept at rest
+                    await asyncio.to_thread(part.unlink, missing_ok=True)
+                raise
+            finally:
+                await sink.close()
+            await cache.add_blob_from(staged, entry.digest, entry.size, data_key=data_key)
+        finally:
+            await asyncio.to_thread(staged.unlink, missing_ok=True)
         logger.info("Fetched blob %s (%s, %d bytes)", entry.digest, entry.path, entry.size)
 
 
@@ -146,3 +161,102 @@ def _verify_to(
             writer.finish()
         out.flush()
         os.fsync(out.fileno())
+
+
+class _StagedBlob:
+    """The verifier of one download, writing its output to the staged file as bytes arrive.
+
+    A :class:`~edge_agent.fetcher.DownloadSink`. Three worker threads take every batch
+    in order: one hashes the compressed bytes, one decompresses and hashes the output,
+    one writes that output to the staged file, so that one batch is decompressed while
+    the output of the one before is written. What the staged file holds is untrusted
+    until :meth:`finish` returns.
+    """
+
+    def __init__(self, entry: FileEntry, out: BinaryIO, data_key: bytes | None) -> None:
+        self._entry = entry
+        self._out = out
+        self._data_key = data_key
+        self._packed = SerialWorker("blob-hash")
+        self._plain = SerialWorker("blob-unzstd")
+        self._writes = SerialWorker("blob-write")
+        self._workers = (self._packed, self._plain, self._writes)
+        self._outputs: deque[asyncio.Future[list[bytes]]] = deque()
+        self._start()
+
+    def _start(self) -> None:
+        self._verifier = BlobVerifier(self._entry)
+        self._out.seek(0)
+        self._out.truncate()
+        self._unsynced = 0
+        self._writer = None
+        if self._data_key is not None:
+            self._writer = SegmentWriter(self._out, key=self._data_key, digest=self._entry.digest)
+
+    async def write(self, chunks: list[bytes]) -> None:
+        await self._packed.submit(self._hash, chunks)
+        self._outputs.append(await self._plain.submit(self._unpack, chunks))
+        await self._pass_on(wait=False)
+
+    async def _pass_on(self, *, wait: bool) -> None:
+        """Queue the output of decompressed batches for writing, in order."""
+        while self._outputs and (wait or self._outputs[0].done()):
+            output = await self._outputs.popleft()
+            if output:
+                await self._writes.submit(self._write, output)
+
+    async def reset(self) -> None:
+        # What was fed so far is dropped, so are its failures.
+        for worker in self._workers:
+            await worker.settle()
+        self._outputs.clear()
+        await asyncio.to_thread(self._start)
+
+    async def finish(self) -> None:
+        """Check every signed size and digest, then fsync the staged file.
+
+        Raises:
+            RepositoryError: The bytes break a signed size or digest.
+        """
+        await self._packed.wait()
+        await self._pass_on(wait=True)
+        await self._writes.wait()
+        await asyncio.to_thread(self._seal)
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            await worker.close()
+        await asyncio.to_thread(self._out.close)
+
+    def _hash(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._verifier.hash_compressed(chunk)
+
+    def _unpack(self, chunks: list[bytes]) -> list[bytes]:
+        return [data for chunk in chunks if (data := self._verifier.decompress(chunk))]
+
+    def _write(self, output: list[bytes]) -> None:
+        if self._writer is None:
+            self._out.writelines(output)
+        else:
+            for data in output:
+                self._writer.write(data)
+        self._unsynced += sum(map(len, output))
+        if self._unsynced >= _SYNC_EVERY:
+            # Written out as it goes (this thread has time to wait), so that the one
+            # fsync that counts, in finish(), has little left to do.
+            self._out.flush()
+            os.fdatasync(self._out.fileno())
+            self._unsynced = 0
+
+    def _seal(self) -> None:
+        self._verifier.finish()
+        if self._writer is not None:
+            self._writer.finish()
+        self._out.flush()
+        os.fsync(self._out.fileno())
+
+
+def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb")

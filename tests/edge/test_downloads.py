@@ -20,10 +20,12 @@ from shared.errors import (
     DigestMismatchError,
     DownloadError,
     DownloadHTTPError,
+    FormatError,
     LengthError,
     RepositoryError,
 )
 from shared.manifest import FileEntry
+from shared.segments import is_encrypted, new_key
 from tests.edge.test_fetcher import TOKEN, BlobServer, make_blob, running_blob_server
 
 
@@ -212,3 +214,89 @@ async def test_import_blob_rejects_tampered_and_overlong_input(cache: Cache) -> 
     assert leftovers(cache) == []
     await import_blob(lambda: io.BytesIO(packed), cache, entry)
     assert await cache.has_blob(entry.digest)
+
+
+# verified as it arrives
+
+BIG = 3_000_000  # several batches of the fetcher
+
+
+async def test_a_corrupt_stream_is_rejected_as_it_arrives_and_nothing_is_stored(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(BIG, 20)
+    server.add(entry, packed)
+    server.tamper[entry.digest] = b"\0" * entry.zsize  # not a zstd frame from byte 0
+    with pytest.raises(FormatError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+
+
+async def test_resume_feeds_the_part_file_to_the_verifier_first(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(BIG, 21)
+    server.add(entry, packed)
+    server.cut_after = 1_500_000
+    with pytest.raises(DownloadError):
+        await fetch_blob(client, cache, entry)
+    assert cache.partial_path(entry.digest).read_bytes() == packed[:1_500_000]
+    await assert_not_cached(cache, entry)
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 21)
+    assert [r["range"] for r in server.log] == [None, "bytes=1500000-"]
+    assert leftovers(cache) == []
+
+
+async def test_a_tampered_part_file_fails_on_resume_then_the_blob_is_fetched_whole(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(BIG, 22)
+    server.add(entry, packed)
+    server.cut_after = 1_500_000
+    with pytest.raises(DownloadError):
+        await fetch_blob(client, cache, entry)
+    part = cache.partial_path(entry.digest)
+    kept = bytearray(part.read_bytes())
+    kept[1_000_000] ^= 0x01
+    part.write_bytes(bytes(kept))
+    with pytest.raises(RepositoryError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 22)
+    assert [r["range"] for r in server.log] == [None, "bytes=1500000-", None]
+
+
+async def test_a_server_ignoring_the_range_restarts_the_verifier(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(BIG, 23)
+    server.add(entry, packed)
+    cache.partial_path(entry.digest).write_bytes(packed[:1_200_000])
+    server.ignore_range = True
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 23)
+    assert leftovers(cache) == []
+
+
+async def test_encrypted_cache_stores_a_fetched_blob_encrypted_and_keeps_no_part(
+    client: Fetcher, server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(BIG, 24)
+    server.add(entry, packed)
+    cache = await Cache.open(tmp_path / "enc", budget_bytes=1 << 30, device_key=new_key())
+    try:
+        server.cut_after = 1_000_000
+        with pytest.raises(DownloadError):
+            await fetch_blob(client, cache, entry)
+        assert leftovers(cache) == []
+        await fetch_blob(client, cache, entry)
+        assert is_encrypted(cache.blob_path(entry.digest).read_bytes())
+        assert await cache.read_blob(entry.digest) == raw_of(entry, 24)
+        assert [r["range"] for r in server.log] == [None, None]
+        assert leftovers(cache) == []
+    finally:
+        await cache.close()
