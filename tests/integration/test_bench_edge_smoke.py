@@ -16,14 +16,15 @@ import pytest
 from tests.support import REPO_ROOT, skiff_env
 
 BENCH = REPO_ROOT / "bench" / "edge.py"
-# Present in every run; the agent-log breakdown of (a) comes on top when it is found.
 FIGURES = {
     "a_agent_install_s",
     "a_raw_pipeline_s",
     "a_install_vs_raw",
     "a_raw_download_only_s",
     "a_ort_session_load_s",
-    "a_install_vs_raw_plus_load",
+    "a_agent_served_s",
+    "a_served_vs_raw",
+    "a_served_vs_raw_plus_load",
     "a_model_mb",
     "a_stored_ratio",
     *(f"b_{who}_{what}" for who in ("agent", "bare") for what in ("req_per_s", "p50_ms", "p99_ms")),
