@@ -30,18 +30,26 @@ UPLOAD_BATCHES = 50  # batches per upload request
 MAX_LABELS = 1024  # predicted labels (or output values) counted per request
 EDGES = np.array(OUTPUT_EDGES)
 MAX_REFERENCES = 64  # versions whose reference distribution is kept (the oldest go first)
+# Requests whose float outputs are binned together: one numpy pass for many requests keeps
+# the per-request cost to appending a view.
+PENDING_REQUESTS = 256
 
 
-def _histograms(outputs: dict[str, Any] | None) -> list[tuple[str, list[int]]]:
-    """Counts of each numeric (floating point) output's values on the fixed output bins."""
-    found = []
-    for name, value in (outputs or {}).items():
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
-            flat = value.ravel()[:MAX_LABELS].astype(np.float64)
-            flat = flat[np.isfinite(flat)]
-            bins = np.searchsorted(EDGES, flat, side="right")
-            found.append((str(name), np.bincount(bins, minlength=N_OUTPUT_BINS).tolist()))
-    return found
+def _float_outputs(outputs: dict[str, Any] | None) -> list[tuple[str, np.ndarray]]:
+    """Each numeric (floating point) output's values, at most MAX_LABELS of them."""
+    return [
+        (str(name), value.ravel()[:MAX_LABELS])
+        for name, value in (outputs or {}).items()
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size
+    ]
+
+
+def _counts(values: np.ndarray) -> list[int]:
+    """Counts of finite ``values`` on the fixed output bins."""
+    flat = values.astype(np.float64, copy=False)
+    flat = flat[np.isfinite(flat)]
+    counts = np.bincount(np.searchsorted(EDGES, flat, side="right"), minlength=N_OUTPUT_BINS)
+    return [int(n) for n in counts]
 
 
 def _labels(outputs: dict[str, Any] | None) -> list[str] | None:
@@ -60,6 +68,8 @@ class TelemetryRecorder:
         self._max_batches = max_batches
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._binners: dict[tuple[str, str], FeatureBinner] = {}
+        # float outputs not binned yet, per version: (requests, values by output name)
+        self._pending: dict[tuple[str, str], tuple[int, dict[str, list[np.ndarray]]]] = {}
         self._window_start = format_time(utcnow())
         self.dropped = 0
         self.uploaded = 0
@@ -89,15 +99,31 @@ class TelemetryRecorder:
         if stats is None:
             stats = self._stats[key] = VersionStats(loaded.model, loaded.version)
         stats.observe(seconds * 1000.0, ok, _labels(outputs) if ok else None)
-        if ok:
-            for name, counts in _histograms(outputs):
-                stats.observe_output(name, counts)
+        floats = _float_outputs(outputs) if ok else None
+        if floats:
+            requests, values = self._pending.get(key, (0, {}))
+            for name, flat in floats:
+                values.setdefault(name, []).append(flat)
+            self._pending[key] = (requests + 1, values)
+            if requests + 1 >= PENDING_REQUESTS:
+                self._bin(key)
         binner = self._binners.get(key)
         if ok and inputs and binner is not None:
             binner.add(stats.features, inputs)
 
+    def _bin(self, key: tuple[str, str]) -> None:
+        """Add the pending float outputs of one version to its output histograms."""
+        _, values = self._pending.pop(key, (0, {}))
+        stats = self._stats.get(key)
+        if stats is None:
+            return
+        for name, arrays in values.items():
+            stats.observe_output(name, _counts(np.concatenate(arrays)))
+
     async def flush(self) -> str | None:
         """Move the current counters into the outbox as one batch; its id (None if empty)."""
+        for key in list(self._pending):
+            self._bin(key)
         if not self._stats:
             return None
         stats, self._stats = self._stats, {}

@@ -283,7 +283,10 @@ def encode_output(name: str, value: object) -> dict[str, Any]:
                 "name": name,
                 "datatype": datatype,
                 "shape": list(value.shape),
-                "data": _plain(value.ravel().tolist()),
+                # numeric tolist() is plain Python numbers already; strings and bytes are not
+                "data": value.ravel().tolist()
+                if value.dtype.kind in "biuf"
+                else _plain(value.ravel().tolist()),
             }
         value = value.tolist()
     data = _plain(value)

@@ -16,14 +16,17 @@ __all__ = [
     "IR_VERSION",
     "OPSET",
     "ORT_DATASETS",
+    "SLOW_SIDE",
     "broken_model",
     "linear_model",
     "multi_input_model",
+    "slow_model",
 ]
 
 OPSET = 17
 IR_VERSION = 8
 ORT_DATASETS = Path(onnxruntime.__file__).parent / "datasets"
+SLOW_SIDE = 256  # the slow model's X and Y are [SLOW_SIDE, SLOW_SIDE]
 
 
 def _serialize(graph: onnx.GraphProto, *, check: bool = True) -> bytes:
@@ -77,3 +80,40 @@ def broken_model() -> bytes:
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])],
     )
     return _serialize(graph, check=False)
+
+
+def slow_model() -> bytes:
+    """``Y = tanh(X @ W)`` applied ``M`` times in a Loop: its run time grows with M.
+
+    Inputs M (INT64 scalar) and X (float [SLOW_SIDE, SLOW_SIDE]); output Y like X.
+    """
+    side = SLOW_SIDE
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["s_in", "W"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["s_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [side, side]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [side, side]),
+        ],
+    )
+    weights = np.random.default_rng(0).normal(0, 0.05, (side, side)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "X"], ["Y"], body=body)],
+        "slow",
+        [
+            helper.make_tensor_value_info("M", TensorProto.INT64, []),
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [side, side]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [side, side])],
+        initializer=[numpy_helper.from_array(weights, name="W")],
+    )
+    return _serialize(graph)

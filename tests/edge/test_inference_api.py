@@ -18,7 +18,7 @@ import onnxruntime
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import shared
 from edge_agent.inference_api import setup_inference_routes
@@ -27,12 +27,13 @@ from tests.onnx_models import (
     IR_VERSION,
     OPSET,
     ORT_DATASETS,
+    SLOW_SIDE,
     linear_model,
     multi_input_model,
+    slow_model,
 )
 
 Client = TestClient[web.Request, web.Application]
-SLOW_SIDE = 256
 
 
 def onnx_bytes(
@@ -82,38 +83,6 @@ def constant_of_shape_model() -> bytes:
         [helper.make_node("ConstantOfShape", ["S"], ["Y"])],
         [helper.make_tensor_value_info("S", TensorProto.INT64, [1])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [-1])],
-    )
-
-
-def slow_model() -> bytes:
-    """``Y = tanh(X @ W)`` applied ``M`` times in a Loop: its run time grows with M."""
-    side = SLOW_SIDE
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["s_in", "W"], ["m"]),
-            helper.make_node("Tanh", ["m"], ["s_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [side, side]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [side, side]),
-        ],
-    )
-    weights = np.random.default_rng(0).normal(0, 0.05, (side, side)).astype(np.float32)
-    return onnx_bytes(
-        [helper.make_node("Loop", ["M", "", "X"], ["Y"], body=body)],
-        [
-            helper.make_tensor_value_info("M", TensorProto.INT64, []),
-            helper.make_tensor_value_info("X", TensorProto.FLOAT, [side, side]),
-        ],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [side, side])],
-        (numpy_helper.from_array(weights, "W"),),
     )
 
 

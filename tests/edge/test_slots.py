@@ -7,6 +7,7 @@ import gc
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,17 +15,29 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.slots import (
+    INLINE_SAMPLES,
+    INLINE_SECONDS,
+    INLINE_WORST,
     HealthCheckError,
     InferenceError,
     LoadedVersion,
     LoadError,
     NotReadyError,
+    RunCost,
     SlotManager,
 )
 from edge_agent.tensors import TensorSpec
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
 from shared.metrics import Registry
-from tests.onnx_models import IR_VERSION, OPSET, ORT_DATASETS, broken_model, linear_model
+from tests.onnx_models import (
+    IR_VERSION,
+    OPSET,
+    ORT_DATASETS,
+    SLOW_SIDE,
+    broken_model,
+    linear_model,
+    slow_model,
+)
 
 X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)  # linear_model(scale) answers 14 * scale
 
@@ -429,3 +442,73 @@ async def test_on_swap_hook_failure_does_not_fail_install(
 def test_thread_counts_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         SlotManager(inference_threads=0)
+
+
+# Tiny models run inline on the loop; anything slow stays in the inference threads
+
+
+async def _ran_inline(slots: SlotManager, loaded: LoadedVersion, inputs: dict[str, Any]) -> bool:
+    """Whether one inference finished in its task's first step (no thread hop)."""
+    task = asyncio.create_task(slots.infer(loaded, inputs))
+    await asyncio.sleep(0)  # the task's first step; a hop needs the thread and more steps
+    inline = task.done()
+    await task
+    return inline
+
+
+def test_run_cost_rules() -> None:
+    cost = RunCost()
+    for _ in range(INLINE_SAMPLES - 1):
+        cost.record(INLINE_SECONDS / 10, 6)
+    assert not cost.inline(6)  # not measured enough yet
+    cost.record(INLINE_SECONDS / 10, 6)
+    assert cost.inline(6)
+    assert not cost.inline(7)  # larger than anything measured
+    slow = RunCost()
+    for _ in range(INLINE_SAMPLES):
+        slow.record(INLINE_SECONDS * 2, 6)
+    assert not slow.inline(6)  # too slow on average
+    once = RunCost()
+    for _ in range(INLINE_SAMPLES * 10):
+        once.record(INLINE_SECONDS / 10, 6)
+    once.record(INLINE_WORST * 2, 6)
+    for _ in range(INLINE_SAMPLES * 10):
+        once.record(INLINE_SECONDS / 10, 6)
+    assert not once.inline(6)  # one slow run is enough, for good
+
+
+async def test_a_tiny_model_runs_inline_once_measured(slots: SlotManager, tmp_path: Path) -> None:
+    loaded = await install(slots, tmp_path, "lin", "1.0.0", linear_model(1.0))
+    assert not await _ran_inline(slots, loaded, {"X": X})
+    for _ in range(INLINE_SAMPLES):
+        assert await answer(slots, loaded) == 14.0
+    assert await _ran_inline(slots, loaded, {"X": X})
+    assert await answer(slots, loaded) == 14.0
+    big = np.ones((64, 3), dtype=np.float32)  # more elements than any measured run
+    assert not await _ran_inline(slots, loaded, {"X": big})
+
+
+async def test_a_slow_run_sends_the_version_back_to_the_threads(
+    slots: SlotManager, tmp_path: Path
+) -> None:
+    loaded = await install(slots, tmp_path, "slow", "1.0.0", slow_model())
+    x = np.ones((SLOW_SIDE, SLOW_SIDE), dtype=np.float32)
+    fast = {"M": np.array(0, dtype=np.int64), "X": x}  # no iteration: a copy of X
+    for _ in range(INLINE_SAMPLES + 1):
+        await slots.infer(loaded, fast)
+    assert await _ran_inline(slots, loaded, fast)
+    slow = {"M": np.array(40, dtype=np.int64), "X": x}  # 40 matrix products
+    await slots.infer(loaded, slow)  # inline, once: its cost depends on a value
+    assert not await _ran_inline(slots, loaded, fast)
+    assert not await _ran_inline(slots, loaded, slow)
+
+
+async def test_several_intra_op_threads_never_run_inline(tmp_path: Path) -> None:
+    manager = SlotManager(intra_op_threads=2)
+    try:
+        loaded = await install(manager, tmp_path, "lin", "1.0.0", linear_model(1.0))
+        for _ in range(INLINE_SAMPLES + 2):
+            assert await answer(manager, loaded) == 14.0
+        assert not await _ran_inline(manager, loaded, {"X": X})
+    finally:
+        await manager.close()
