@@ -188,6 +188,8 @@ class _InferenceApi:
         too_large = PayloadTooLargeError(f"request body exceeds {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
+        if request.content_length is not None:  # the parser stops the body at that length
+            return await request.content.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_chunked(1024 * 1024):
