@@ -23,12 +23,10 @@ import hashlib
 import http.client
 import importlib.util
 import json
-import math
 import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from _edge_support import BenchError, free_port, percentile, skiff_cmd, skiff_env
 from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +60,6 @@ TEAMS = 10  # values of the `team` tag: t0..t9
 SHARDS = 100  # values of the `shard` tag: s00..s99
 ALIAS = "production"
 ONNX_FILE = "mul_1.onnx"  # a tiny model shipped in onnxruntime/datasets
-
-
-class BenchError(Exception):
-    """The benchmark could not run: the server failed, answered wrongly or was too slow."""
 
 
 # figures, bars and the quoted reference
@@ -126,31 +121,7 @@ def note(message: str) -> None:
     print(f"bench: {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def percentile(samples: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of a non-empty sample."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 # the central process
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _skiff_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
-
-
-def _skiff(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
 
 
 class CentralProcess:
@@ -168,8 +139,8 @@ class CentralProcess:
     def init(self) -> None:
         """Run ``skiff central init`` and keep the admin token it prints."""
         proc = subprocess.run(
-            _skiff("central", "init", "--data-dir", str(self.data_dir), "--json"),
-            env=_skiff_env(),
+            skiff_cmd("central", "init", "--data-dir", str(self.data_dir), "--json"),
+            env=skiff_env(),
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -185,12 +156,12 @@ class CentralProcess:
 
     def start(self) -> None:
         """Start serving and wait, at most START_TIMEOUT, for ``/healthz``."""
-        cmd = _skiff("central", "serve", "--data-dir", str(self.data_dir))
+        cmd = skiff_cmd("central", "serve", "--data-dir", str(self.data_dir))
         cmd += ["--listen", f"{HOST}:{self.port}"]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
-                env=_skiff_env(),
+                env=skiff_env(),
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -36,9 +36,12 @@ PENDING_REQUESTS = 256
 
 
 def _float_outputs(outputs: dict[str, Any] | None) -> list[tuple[str, np.ndarray]]:
-    """Each numeric (floating point) output's values, at most MAX_LABELS of them."""
+    """Each numeric (floating point) output's values, at most MAX_LABELS of them.
+
+    Copies of those values: a view would keep the whole output array alive until binned.
+    """
     return [
-        (str(name), value.ravel()[:MAX_LABELS])
+        (str(name), np.array(value.ravel()[:MAX_LABELS], dtype=np.float64))
         for name, value in (outputs or {}).items()
         if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size
     ]
@@ -46,8 +49,7 @@ def _float_outputs(outputs: dict[str, Any] | None) -> list[tuple[str, np.ndarray
 
 def _counts(values: np.ndarray) -> list[int]:
     """Counts of finite ``values`` on the fixed output bins."""
-    flat = values.astype(np.float64, copy=False)
-    flat = flat[np.isfinite(flat)]
+    flat = values[np.isfinite(values)]
     counts = np.bincount(np.searchsorted(EDGES, flat, side="right"), minlength=N_OUTPUT_BINS)
     return [int(n) for n in counts]
 

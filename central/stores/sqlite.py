@@ -585,7 +585,8 @@ class SqliteStore(_Reads):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
-            _configure(conn, self._durability)
+            for pragma in _pragmas(self._durability):
+                conn.execute(pragma)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # here, on the thread
             _migrate(conn)
             # Inline statements must never sleep on a lock: BEGIN is retried by _begin.
@@ -600,9 +601,8 @@ class SqliteStore(_Reads):
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self._durability.upper()}")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in _pragmas(self._durability):
+            await conn.execute(pragma)
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Reads map the file instead of copying each page through read(); the page cache
         # holds the hot index pages of a large catalogue.
@@ -717,7 +717,6 @@ class _OffloadedStatements:
     def __init__(
         self, conn: sqlite3.Connection, offload: Callable[[Callable[[], Any]], asyncio.Future[Any]]
     ) -> None:
-        self._inline = InlineStatements(conn)
         self._conn = conn
         self._offload = offload
 
@@ -746,10 +745,13 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _configure(conn: sqlite3.Connection, durability: str) -> None:
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {durability.upper()}")
-    conn.execute("PRAGMA foreign_keys = ON")
+def _pragmas(durability: str) -> list[str]:
+    """What every connection to the database sets first."""
+    return [
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {durability.upper()}",
+        "PRAGMA foreign_keys = ON",
+    ]
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
