@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -89,9 +90,32 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.zsize}"
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
-    await response.prepare(request)
-    if request.method != "HEAD":
-        async for chunk in await service.open(request[ACTOR], blob.digest, start, end):
-            await response.write(chunk)
+    if request.method == "HEAD":
+        await response.prepare(request)
+    else:
+        await _send_body(request, response, blob, start, end)
     await response.write_eof()
     return response
+
+
+async def _send_body(
+    request: web.Request, response: web.StreamResponse, blob: Blob, start: int, end: int
+) -> None:
+    """Send bytes ``[start, end)``: by the kernel from the file when the store keeps
+    them as served (no copy through Python), else streamed chunk by chunk."""
+    body = await request.app[BLOBS].open_download(request[ACTOR], blob.digest, start, end)
+    if body.file is None:
+        assert body.chunks is not None
+        await response.prepare(request)
+        async for chunk in body.chunks:
+            await response.write(chunk)
+        return
+    try:
+        await response.prepare(request)  # a StreamResponse sends its headers here
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        # sendfile(2) where the transport allows it; asyncio reads and writes otherwise.
+        await asyncio.get_running_loop().sendfile(transport, body.file, start, end - start)
+    finally:
+        await asyncio.to_thread(body.file.close)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import BinaryIO
@@ -70,6 +71,16 @@ class _Ingest:
         if data:
             self._z.update(data)
             self._out.write(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A blob's bytes to send: its file, for the kernel to send without copying, when
+    the store keeps them as served; else a stream of chunks. The sender closes ``file``.
+    """
+
+    file: BinaryIO | None
+    chunks: AsyncIterator[bytes] | None
 
 
 class BlobService:
@@ -149,13 +160,20 @@ class BlobService:
             raise InvalidInputError(f"digest mismatch: the body hashes to {got}, not {digest}")
         return Blob(digest, size, zdigest, zsize, format_time(utcnow()))
 
-    async def open(
+    async def open_download(
         self, actor: Actor, digest: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """Stream the stored (compressed) bytes ``[start, end)`` of a blob.
+    ) -> Download:
+        """The stored (compressed) bytes ``[start, end)`` of a blob, to send.
 
         Every download by a device is audited: what each device fetched is on record.
         """
+        await self._start_download(actor, digest, start, end)
+        stored = await self._blobs.open_stored(digest)
+        if stored is not None:
+            return Download(file=stored, chunks=None)
+        return Download(file=None, chunks=self._blobs.read(digest, start, end))
+
+    async def _start_download(self, actor: Actor, digest: str, start: int, end: int | None) -> None:
         await self._may_read(actor, digest)
         if actor.role == "device":
             span = {"start": start} if end is None else {"start": start, "end": end}
@@ -167,7 +185,6 @@ class BlobService:
                     target=digest,
                     detail=span,
                 )
-        return self._blobs.read(digest, start, end)
 
     async def read_raw_to(self, digest: str, dst: Path, max_size: int) -> None:
         """Decompress a stored blob to ``dst`` (for validation), bounded by ``max_size``."""

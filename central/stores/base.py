@@ -40,3 +40,11 @@ class BlobStore(Protocol):
     async def open_plain(self, digest: str) -> BinaryIO:
         """The compressed bytes as a seekable file object, to read in a thread and close."""
         ...
+
+    async def open_stored(self, digest: str) -> BinaryIO | None:
+        """The file that holds exactly the compressed bytes, for the kernel to send as is.
+
+        ``None`` when the bytes at rest are not the bytes served (e.g. encrypted): the
+        caller then streams :meth:`read`. The caller closes the file.
+        """
+        ...

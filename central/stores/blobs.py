@@ -77,6 +77,10 @@ class LocalBlobStore:
         finally:
             staged.unlink(missing_ok=True)
 
+    async def open_stored(self, digest: str) -> BinaryIO | None:
+        """The blob's file itself: it holds the compressed bytes as served."""
+        return await LocalBlobStore.open_plain(self, digest)
+
     async def commit(self, staged: Path, blob: Blob) -> None:
         await asyncio.to_thread(self._commit, staged, self.path(blob.digest))
 

@@ -156,6 +156,10 @@ class EncryptedBlobStore(LocalBlobStore):
         f = await asyncio.to_thread(path.open, "rb")
         return await asyncio.to_thread(open_plain, f, key=key, digest=digest)
 
+    async def open_stored(self, digest: str) -> BinaryIO | None:
+        """None: the file holds ciphertext, so downloads stream the decrypted bytes."""
+        return None
+
     async def size(self, digest: str) -> int:
         f = await self.open_plain(digest)
         try:
