@@ -4,8 +4,8 @@ Both paths, network and bundle, stream the compressed bytes through
 :class:`shared.fleet.BlobVerifier` into a staged file next to the blob store;
 only a blob that matches every signed size and digest is moved into the cache.
 A download is verified as it arrives: each batch goes to the part file (kept for
-resuming) and to the verifier, whose compressed-side hash and decompression run
-in two worker threads while the next bytes arrive. A resumed download first
+resuming) and to the verifier, whose decompression and output hash run in
+worker threads while the next bytes arrive. A resumed download first
 feeds the verifier what the part file holds.
 
 A verification failure leaves nothing behind: the partial download and the
@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -166,26 +165,25 @@ def _verify_to(
 class _StagedBlob:
     """The verifier of one download, writing its output to the staged file as bytes arrive.
 
-    A :class:`~edge_agent.fetcher.DownloadSink`. Three worker threads take every batch
-    in order: one hashes the compressed bytes, one decompresses and hashes the output,
-    one writes that output to the staged file, so that one batch is decompressed while
-    the output of the one before is written. What the staged file holds is untrusted
-    until :meth:`finish` returns.
+    A :class:`~edge_agent.fetcher.DownloadSink`. Two worker threads share the work,
+    each in order: one decompresses, the other hashes the output and writes it to the
+    staged file. The loop hands each batch to the first and goes back to the network;
+    the first hands its output to the second itself. What the staged file holds is
+    untrusted until :meth:`finish` returns.
     """
 
     def __init__(self, entry: FileEntry, out: BinaryIO, data_key: bytes | None) -> None:
         self._entry = entry
         self._out = out
         self._data_key = data_key
-        self._packed = SerialWorker("blob-hash")
-        self._plain = SerialWorker("blob-unzstd")
-        self._writes = SerialWorker("blob-write")
-        self._workers = (self._packed, self._plain, self._writes)
-        self._outputs: deque[asyncio.Future[list[bytes]]] = deque()
+        self._unpacking = SerialWorker("blob-unzstd")
+        self._plain = SerialWorker("blob-write", depth=4)
+        # In the order they are settled and closed: the unzstd thread feeds blob-write.
+        self._workers = (self._unpacking, self._plain)
         self._start()
 
     def _start(self) -> None:
-        self._verifier = BlobVerifier(self._entry)
+        self._verifier = BlobVerifier(self._entry, output=self._pass_on)
         self._out.seek(0)
         self._out.truncate()
         self._unsynced = 0
@@ -194,22 +192,12 @@ class _StagedBlob:
             self._writer = SegmentWriter(self._out, key=self._data_key, digest=self._entry.digest)
 
     async def write(self, chunks: list[bytes]) -> None:
-        await self._packed.submit(self._hash, chunks)
-        self._outputs.append(await self._plain.submit(self._unpack, chunks))
-        await self._pass_on(wait=False)
-
-    async def _pass_on(self, *, wait: bool) -> None:
-        """Queue the output of decompressed batches for writing, in order."""
-        while self._outputs and (wait or self._outputs[0].done()):
-            output = await self._outputs.popleft()
-            if output:
-                await self._writes.submit(self._write, output)
+        await self._unpacking.submit(self._unpack, chunks)
 
     async def reset(self) -> None:
         # What was fed so far is dropped, so are its failures.
         for worker in self._workers:
             await worker.settle()
-        self._outputs.clear()
         await asyncio.to_thread(self._start)
 
     async def finish(self) -> None:
@@ -218,9 +206,8 @@ class _StagedBlob:
         Raises:
             RepositoryError: The bytes break a signed size or digest.
         """
-        await self._packed.wait()
-        await self._pass_on(wait=True)
-        await self._writes.wait()
+        for worker in self._workers:
+            await worker.wait()
         await asyncio.to_thread(self._seal)
 
     async def close(self) -> None:
@@ -228,23 +215,24 @@ class _StagedBlob:
             await worker.close()
         await asyncio.to_thread(self._out.close)
 
-    def _hash(self, chunks: list[bytes]) -> None:
+    def _unpack(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
-            self._verifier.hash_compressed(chunk)
+            self._verifier.unpack(chunk)
 
-    def _unpack(self, chunks: list[bytes]) -> list[bytes]:
-        return [data for chunk in chunks if (data := self._verifier.decompress(chunk))]
+    def _pass_on(self, data: bytes) -> None:
+        """The verifier's output, in the unzstd thread: on to the writing thread."""
+        self._plain.put(self._write, data)
 
-    def _write(self, output: list[bytes]) -> None:
+    def _write(self, data: bytes) -> None:
+        self._verifier.hash_plain(data)
         if self._writer is None:
-            self._out.writelines(output)
+            self._out.write(data)
         else:
-            for data in output:
-                self._writer.write(data)
-        self._unsynced += sum(map(len, output))
+            self._writer.write(data)
+        self._unsynced += len(data)
         if self._unsynced >= _SYNC_EVERY:
-            # Written out as it goes (this thread has time to wait), so that the one
-            # fsync that counts, in finish(), has little left to do.
+            # Written out as it goes, so that the one fsync that counts, in finish(),
+            # has little left to do.
             self._out.flush()
             os.fdatasync(self._out.fileno())
             self._unsynced = 0

@@ -329,7 +329,6 @@ class _PartWriter:
             # The part file is read again only to resume: write it out and drop it
             # from the page cache as it grows, so a download does not hold it in memory.
             self._f.flush()
-            os.fdatasync(self._f.fileno())
             os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             self._unsynced = 0
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 from shared.canonical import canonical_json, loads_json
-from shared.codec import BoundedDecompressor
+from shared.codec import BoundedDecompressor, StreamDecompressor
 from shared.digest import Hasher, is_digest
 from shared.envelope import parse_envelope, sign_envelope
 from shared.errors import (
@@ -467,32 +467,50 @@ def _copy(envelope: Mapping[str, Any]) -> dict[str, Any]:
 class BlobVerifier:
     """Verify one downloaded blob while it streams (docs/sync.md, workflow step 4).
 
-    Feed the compressed bytes in order; each call returns the uncompressed
-    bytes they complete. Never accepts more than ``zsize`` compressed bytes
-    nor produces more than ``size`` uncompressed ones. Pure: no file I/O.
+    Feed the compressed bytes in order. Never accepts more than ``zsize`` compressed
+    bytes nor produces more than ``size`` uncompressed ones; :meth:`finish` then
+    requires exactly ``zsize`` compressed bytes and exactly ``size`` uncompressed
+    bytes whose SHA-256 is ``digest``. Pure: no file I/O.
 
-    :meth:`feed` is :meth:`hash_compressed` then :meth:`decompress` on the same
-    bytes. The two halves keep separate state and each enforces ``zsize`` on its
-    own, so a caller may run them in two threads at once, provided each half is
-    given every chunk in order and :meth:`finish` comes after both.
+    The content digest is what a device trusts: it names the blob, and only bytes
+    that match it are stored. ``zdigest`` names the compressed form central serves
+    (the download's ``ETag``, the ``If-Range`` of a resume); hashing the compressed
+    bytes as well would add no assurance, because a streaming decoder sees them
+    before any digest could be checked, and whatever it makes of them is checked.
+
+    Two ways to feed it:
+
+    - :meth:`feed` decompresses a chunk (with :class:`~shared.codec.BoundedDecompressor`,
+      which also checks the frame's structure), hashes the output and returns it.
+    - Given ``output``, :meth:`unpack` decompresses (with
+      :class:`~shared.codec.StreamDecompressor`) and hands the output to ``output``
+      unhashed, in pieces of at most 1 MiB; the caller passes every piece, in order,
+      to :meth:`hash_plain`, in another thread if it likes. Decompressing and hashing
+      then run beside each other.
     """
 
-    def __init__(self, expected: FileEntry) -> None:
+    def __init__(
+        self, expected: FileEntry, *, output: Callable[[bytes], object] | None = None
+    ) -> None:
         self.expected = expected
-        self._packed = Hasher()
         self._plain = Hasher()
-        self._unpacked = 0  # compressed bytes given to the decompressor
-        self._decompressor = BoundedDecompressor(expected.size)
+        self._compressed = 0  # compressed bytes taken
+        self._decompressor: BoundedDecompressor | None = None
+        self._stream: StreamDecompressor | None = None
+        if output is None:
+            self._decompressor = BoundedDecompressor(expected.size)
+        else:
+            self._stream = StreamDecompressor(expected.size, output)
         self._finished = False
 
     @property
     def compressed_bytes(self) -> int:
         """Compressed bytes fed so far."""
-        return self._packed.nbytes
+        return self._compressed
 
     @property
     def raw_bytes(self) -> int:
-        """Uncompressed bytes produced so far."""
+        """Uncompressed bytes hashed so far."""
         return self._plain.nbytes
 
     def feed(self, chunk: bytes) -> bytes:
@@ -502,66 +520,61 @@ class BlobVerifier:
             LengthError: More than ``zsize`` compressed bytes, or output past ``size``.
             FormatError: The bytes are not a valid zstd frame.
         """
-        self.hash_compressed(chunk)
-        return self.decompress(chunk)
-
-    def hash_compressed(self, chunk: bytes) -> None:
-        """The compressed half of :meth:`feed`: count and hash ``chunk``.
-
-        Raises:
-            LengthError: More than ``zsize`` compressed bytes.
-        """
-        self._check_open()
-        self._check_zsize(self._packed.nbytes + len(chunk))
-        self._packed.update(chunk)
-
-    def decompress(self, chunk: bytes) -> bytes:
-        """The uncompressed half of :meth:`feed`: decompress and hash ``chunk``.
-
-        Raises:
-            LengthError: More than ``zsize`` compressed bytes, or output past ``size``.
-            FormatError: The bytes are not a valid zstd frame.
-        """
-        self._check_open()
-        self._check_zsize(self._unpacked + len(chunk))
-        self._unpacked += len(chunk)
+        if self._decompressor is None:
+            raise RuntimeError("this verifier hands its output on: use unpack()")
+        self._take(chunk)
         data = self._decompressor.decompress(chunk)
         self._plain.update(data)
         return data
 
-    def _check_open(self) -> None:
-        if self._finished:
-            raise RuntimeError("feed called after finish")
+    def unpack(self, chunk: bytes) -> None:
+        """Feed compressed bytes; their output goes to ``output`` before this returns.
 
-    def _check_zsize(self, total: int) -> None:
+        Raises:
+            LengthError: More than ``zsize`` compressed bytes, or output past ``size``.
+            FormatError: The bytes are not valid zstd.
+        """
+        if self._stream is None:
+            raise RuntimeError("this verifier returns its output: use feed()")
+        self._take(chunk)
+        self._stream.feed(chunk)
+
+    def hash_plain(self, data: bytes) -> None:
+        """Hash a piece of the output that :meth:`unpack` handed on, in order."""
+        self._check_open()
+        self._plain.update(data)
+
+    def _take(self, chunk: bytes) -> None:
+        self._check_open()
+        total = self._compressed + len(chunk)
         if total > self.expected.zsize:
             raise LengthError(
                 f"{self.expected.path}: expected {self.expected.zsize} compressed bytes, "
                 f"got at least {total}"
             )
+        self._compressed = total
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("feed called after finish")
 
     def finish(self) -> None:
-        """Check the whole blob against its signed sizes and digests.
+        """Check the whole blob against its signed sizes and content digest.
 
         Raises:
-            LengthError: Fewer than ``zsize`` compressed bytes, or not ``size``
-                uncompressed ones.
-            DigestMismatchError: The compressed or uncompressed digest differs.
-            FormatError: The zstd frame is truncated.
+            LengthError: Not ``zsize`` compressed bytes, or not ``size`` uncompressed
+                ones (a truncated frame fed through :meth:`unpack` shows as this).
+            DigestMismatchError: The uncompressed bytes do not hash to ``digest``.
+            FormatError: The zstd frame fed through :meth:`feed` is truncated.
         """
         self._finished = True
         want, path = self.expected, self.expected.path
-        if self._packed.nbytes != want.zsize:
+        if self._compressed != want.zsize:
             raise LengthError(
-                f"{path}: expected {want.zsize} compressed bytes, got {self._packed.nbytes}"
+                f"{path}: expected {want.zsize} compressed bytes, got {self._compressed}"
             )
-        if self._packed.digest != want.zdigest:
-            raise DigestMismatchError(f"{path}: expected {want.zdigest}, got {self._packed.digest}")
-        if self._unpacked != want.zsize:
-            raise LengthError(
-                f"{path}: expected {want.zsize} compressed bytes decompressed, got {self._unpacked}"
-            )
-        self._decompressor.finish()
+        if self._decompressor is not None:
+            self._decompressor.finish()
         if self._plain.nbytes != want.size:
             raise LengthError(f"{path}: expected {want.size} bytes, got {self._plain.nbytes}")
         if self._plain.digest != want.digest:

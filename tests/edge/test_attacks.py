@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from shared.codec import decompress
 from shared.digest import sha256_digest
 from shared.fleet import ModelTarget, envelope_size
 from shared.keys import SigningKey
@@ -166,7 +167,8 @@ def tampered_blob(sim: CentralSimulator) -> Expected:
     sim.assign(MODEL, V2)
     return Expected(
         f"download {MODEL}@{V2}",
-        f"{entry.path}: expected {entry.zdigest}, got {sha256_digest(served)}",
+        f"{entry.path}: expected {entry.digest}, got "
+        + sha256_digest(decompress(served, entry.size)),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ async def test_jobs_run_in_order_in_one_thread() -> None:
             await worker.submit(lambda i=i: seen.append((i, threading.get_ident())) or i)
             for i in range(20)
         ]
-        assert await worker.wait() == 19
+        await worker.wait()
     finally:
         await worker.close()
     assert [i for i, _ in seen] == list(range(20))
@@ -33,8 +34,11 @@ async def test_a_failed_job_is_raised_by_wait_and_close_ignores_it() -> None:
         raise ValueError("bad bytes")
 
     await worker.submit(fail)
+    later = await worker.submit(lambda: "ran")
     with pytest.raises(ValueError, match="bad bytes"):
         await worker.wait()
+    assert later.result() == "ran"  # the jobs after a failure still run
+    await worker.wait()  # raised once
     await worker.submit(fail)
     await worker.close()
 
@@ -49,4 +53,25 @@ async def test_submit_waits_once_depth_jobs_are_queued() -> None:
         await worker.submit(lambda: None)  # returns only once the first is done
         assert first.done()
     finally:
+        await worker.close()
+
+
+async def test_a_cancelled_wait_leaves_the_worker_usable() -> None:
+    worker = SerialWorker("test", depth=1)
+    release = threading.Event()
+    try:
+        first = await worker.submit(release.wait, 5)
+        blocked = asyncio.ensure_future(worker.submit(lambda: "second"))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # the queue is full
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        release.set()
+        third = await worker.submit(lambda: "third")
+        await worker.wait()
+        assert first.result() is True
+        assert third.result() == "third"
+    finally:
+        release.set()
         await worker.close()

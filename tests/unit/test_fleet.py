@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
+import threading
 import tracemalloc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -789,9 +791,20 @@ def test_blob_tampered_byte() -> None:
     tampered = bytearray(packed)
     tampered[len(packed) // 2] ^= 0x01
     verifier = BlobVerifier(entry)
-    verifier.feed(bytes(tampered))
-    with pytest.raises(DigestMismatchError, match=f"expected {entry.zdigest}, got sha256:"):
+    verifier.feed(bytes(tampered))  # decodes silently: no zstd checksum to catch it
+    with pytest.raises(DigestMismatchError, match=f"expected {entry.digest}, got sha256:"):
         verifier.finish()
+
+
+def test_blob_another_compression_of_the_content_is_the_same_blob() -> None:
+    # What a device trusts is the content digest; zdigest only names central's form.
+    data = b"weights " * 20_000
+    entry, _ = _blob(data)
+    other = zstandard.ZstdCompressor(level=19).compress(data)
+    entry = FileEntry("m", entry.digest, entry.size, entry.zdigest, len(other))
+    verifier = BlobVerifier(entry)
+    assert verifier.feed(other) == data
+    verifier.finish()
 
 
 def test_blob_corrupt_frame() -> None:
@@ -860,29 +873,78 @@ def test_blob_feed_after_finish_is_a_bug() -> None:
         verifier.feed(b"")
 
 
-def test_blob_halves_fed_apart_verify_like_feed() -> None:
-    data = os.urandom(50_000) + b"w" * 300_000
+def _unpack_in_threads(entry: FileEntry, packed: bytes, chunk: int) -> tuple[BlobVerifier, bytes]:
+    """Decompress in this thread, hash and keep the output in another (as downloads do)."""
+    pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+    out = bytearray()
+
+    def consume() -> None:
+        while (piece := pieces.get()) is not None:
+            verifier.hash_plain(piece)
+            out.extend(piece)
+
+    verifier = BlobVerifier(entry, output=pieces.put)
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        for i in range(0, len(packed), chunk):
+            verifier.unpack(packed[i : i + chunk])
+    finally:
+        pieces.put(None)
+        consumer.join(10)
+    return verifier, bytes(out)
+
+
+@pytest.mark.parametrize("chunk", [1, 777, 1 << 20])
+def test_blob_unpacked_in_two_threads_verifies_like_feed(chunk: int) -> None:
+    data = os.urandom(50_000) + b"w" * 3_000_000  # more than one 1 MiB output piece
     entry, packed = _blob(data)
-    verifier = BlobVerifier(entry)
-    for i in range(0, len(packed), 1000):
-        verifier.hash_compressed(packed[i : i + 1000])
-    out = b"".join(verifier.decompress(packed[i : i + 777]) for i in range(0, len(packed), 777))
+    verifier, out = _unpack_in_threads(entry, packed, chunk)
     verifier.finish()
     assert out == data
 
 
-def test_blob_each_half_stops_at_zsize() -> None:
+def test_blob_unpacked_stops_at_zsize_and_at_size() -> None:
     entry, packed = _blob(os.urandom(10_000))
     with pytest.raises(LengthError, match=f"expected {entry.zsize} compressed bytes"):
-        BlobVerifier(entry).hash_compressed(packed + b"\0")
-    with pytest.raises(LengthError, match=f"expected {entry.zsize} compressed bytes"):
-        BlobVerifier(entry).decompress(packed + b"\0")
+        BlobVerifier(entry, output=lambda _: None).unpack(packed + b"\0")
+    bomb, packed = _blob(b"\0" * 10_000_000)
+    small = FileEntry("m", bomb.digest, 1_000_000, bomb.zdigest, bomb.zsize)
+    handed_on: list[int] = []
+    with pytest.raises(LengthError, match="exceeds the signed size 1000000"):
+        BlobVerifier(small, output=lambda piece: handed_on.append(len(piece))).unpack(packed)
+    assert sum(handed_on) <= 1_000_000  # nothing past the signed size was handed on
 
 
-def test_blob_halves_given_different_bytes_fail() -> None:
-    entry, packed = _blob(os.urandom(10_000))
-    verifier = BlobVerifier(entry)
-    verifier.hash_compressed(packed)
-    verifier.decompress(packed[:-10])
-    with pytest.raises(LengthError, match="compressed bytes decompressed"):
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda p: p[:-10], "expected {zsize} compressed bytes, got"),  # truncated frame
+        (lambda p: p[:-4] + bytes(4), "corrupt zstd frame"),  # zstd's own checksum
+        (lambda p: b"\0" + p[1:], "corrupt zstd frame"),  # not zstd
+    ],
+    ids=["truncated", "checksum", "magic"],
+)
+def test_blob_unpacked_damage_is_rejected(damage: Callable[[bytes], bytes], error: str) -> None:
+    entry, packed = _blob(os.urandom(100_000))
+    with pytest.raises((LengthError, FormatError), match=error.format(zsize=entry.zsize)):
+        verifier, _ = _unpack_in_threads(entry, damage(packed), 4096)
         verifier.finish()
+
+
+def test_blob_unpacked_frame_cut_short_is_rejected_by_size() -> None:
+    data = os.urandom(100_000)
+    entry, packed = _blob(data)
+    cut = packed[:-10]
+    short = FileEntry("m", entry.digest, entry.size, entry.zdigest, len(cut))
+    verifier, _ = _unpack_in_threads(short, cut, 4096)
+    with pytest.raises(LengthError, match=f"expected {entry.size} bytes, got"):
+        verifier.finish()
+
+
+def test_blob_fed_the_wrong_way_is_a_bug() -> None:
+    entry, packed = _blob(b"abc")
+    with pytest.raises(RuntimeError, match="use unpack"):
+        BlobVerifier(entry, output=lambda _: None).feed(packed)
+    with pytest.raises(RuntimeError, match="use feed"):
+        BlobVerifier(entry).unpack(packed)
