@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 Listener = Callable[[Change], None]
 BATCH = 1000
-COALESCE_SECONDS = 0.01  # how long a poke waits for the commits that follow it
+COALESCE_SECONDS = 0.01  # the least time between two reads of the log in a burst
 
 
 class ChangeFeed:
@@ -45,12 +45,20 @@ class ChangeFeed:
 
     async def run(self) -> None:
         """Follow the change log until cancelled."""
+        loop = asyncio.get_running_loop()
+        last_read = float("-inf")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self._interval)
-            if self._poked.is_set():  # one read for a burst of commits, not one each
-                await asyncio.sleep(COALESCE_SECONDS)
+            if self._poked.is_set():
+                # A commit after a quiet spell is read at once (an alias move reaches
+                # long-polling devices without delay); in a burst, reads come at most
+                # every COALESCE_SECONDS, each taking all the commits since the last.
+                delay = last_read + COALESCE_SECONDS - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             self._poked.clear()
+            last_read = loop.time()
             try:
                 await self.catch_up()
             except Exception:
