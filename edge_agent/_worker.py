@@ -49,10 +49,8 @@ class SerialWorker:
         self._pending = 0  # queued or running
         self._error: BaseException | None = None
         self._closing = False
-        # The loop's wait, if any: resolved by the thread once at most `limit` jobs are pending.
-        self._waiter: asyncio.Future[None] | None = None
-        self._limit = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The loop's waits: each resolved by the thread once at most `limit` jobs are pending.
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -68,9 +66,7 @@ class SerialWorker:
         with self._lock:
             if self._closing:
                 raise RuntimeError("submit after close")
-            self._jobs.append((job, fn, args))
-            self._pending += 1
-            self._ready.notify()
+            self._enqueue(job, fn, args)
         return job
 
     def put(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -82,9 +78,22 @@ class SerialWorker:
                 self._room.wait()
             if self._closing:
                 raise RuntimeError("put after close")
-            self._jobs.append((Future(), fn, args))
-            self._pending += 1
-            self._ready.notify()
+            self._enqueue(Future(), fn, args)
+
+    def offer(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Queue ``fn(*args)`` from any thread if fewer than ``depth`` jobs are queued or
+        running; never blocks. Returns whether it was queued."""
+        with self._lock:
+            if self._pending >= self._depth or self._closing:
+                return False
+            self._enqueue(Future(), fn, args)
+            return True
+
+    def _enqueue(self, job: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Queue a job (the lock held)."""
+        self._jobs.append((job, fn, args))
+        self._pending += 1
+        self._ready.notify()
 
     async def wait(self) -> None:
         """Wait for every job; raise the first exception not raised yet."""
@@ -118,14 +127,15 @@ class SerialWorker:
             with self._lock:
                 if self._pending <= limit:
                     return
-                waiter = loop.create_future()
-                self._waiter, self._limit, self._loop = waiter, limit, loop
+                waiter: asyncio.Future[None] = loop.create_future()
+                entry = (limit, loop, waiter)
+                self._waiters.append(entry)
             try:
                 await waiter  # cancelling it leaves the jobs running, for close() to wait for
             finally:
                 with self._lock:
-                    if self._waiter is waiter:
-                        self._waiter = None
+                    if entry in self._waiters:
+                        self._waiters.remove(entry)
 
     def _run(self) -> None:
         while True:
@@ -146,11 +156,12 @@ class SerialWorker:
             with self._lock:
                 self._pending -= 1
                 self._room.notify()
-                waiter, loop = self._waiter, self._loop
-                if waiter is not None and loop is not None and self._pending <= self._limit:
-                    self._waiter = None
-                    with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
-                        loop.call_soon_threadsafe(_wake, waiter)
+                if self._waiters:
+                    due = [w for w in self._waiters if self._pending <= w[0]]
+                    self._waiters = [w for w in self._waiters if self._pending > w[0]]
+                    for _, loop, waiter in due:
+                        with contextlib.suppress(RuntimeError):  # the loop is closed
+                            loop.call_soon_threadsafe(_wake, waiter)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -168,8 +168,9 @@ class _StagedBlob:
     A :class:`~edge_agent.fetcher.DownloadSink`. Two worker threads share the work,
     each in order: one decompresses, the other hashes the output and writes it to the
     staged file. The loop hands each batch to the first and goes back to the network;
-    the first hands its output to the second itself. What the staged file holds is
-    untrusted until :meth:`finish` returns.
+    the first hands its output to the second itself. A third thread writes the staged
+    file back to disk as it grows. What the staged file holds is untrusted until
+    :meth:`finish` returns.
     """
 
     def __init__(self, entry: FileEntry, out: BinaryIO, data_key: bytes | None) -> None:
@@ -178,8 +179,9 @@ class _StagedBlob:
         self._data_key = data_key
         self._unpacking = SerialWorker("blob-unzstd")
         self._plain = SerialWorker("blob-write", depth=4)
-        # In the order they are settled and closed: the unzstd thread feeds blob-write.
-        self._workers = (self._unpacking, self._plain)
+        self._syncing = SerialWorker("blob-sync", depth=1)
+        # In the order they are settled and closed: each feeds the next.
+        self._workers = (self._unpacking, self._plain, self._syncing)
         self._start()
 
     def _start(self) -> None:
@@ -231,11 +233,12 @@ class _StagedBlob:
             self._writer.write(data)
         self._unsynced += len(data)
         if self._unsynced >= _SYNC_EVERY:
-            # Written out as it goes, so that the one fsync that counts, in finish(),
-            # has little left to do.
+            # Written out as it goes, so that the one fsync that counts, in finish(), has
+            # little left to do; by a thread of its own, so that this one never waits for
+            # the disk (while one runs, the next is left to the next threshold).
             self._out.flush()
-            os.fdatasync(self._out.fileno())
-            self._unsynced = 0
+            if self._syncing.offer(os.fdatasync, self._out.fileno()):
+                self._unsynced = 0
 
     def _seal(self) -> None:
         self._verifier.finish()

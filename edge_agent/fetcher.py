@@ -326,8 +326,9 @@ class _PartWriter:
         self._f.writelines(batch)
         self._unsynced += sum(map(len, batch))
         if self._unsynced >= _PART_CACHE and hasattr(os, "posix_fadvise"):
-            # The part file is read again only to resume: write it out and drop it
-            # from the page cache as it grows, so a download does not hold it in memory.
+            # The part file is read again only to resume, so a download need not hold
+            # it in memory: DONTNEED starts writing back what is dirty, without waiting,
+            # and drops what is already clean (what the call before started writing).
             self._f.flush()
             os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             self._unsynced = 0

@@ -75,3 +75,39 @@ async def test_a_cancelled_wait_leaves_the_worker_usable() -> None:
     finally:
         release.set()
         await worker.close()
+
+
+async def test_offer_queues_only_while_there_is_room_and_never_blocks() -> None:
+    worker = SerialWorker("test", depth=1)
+    release = threading.Event()
+    ran: list[str] = []
+    try:
+        assert worker.offer(release.wait, 5)
+        assert not worker.offer(ran.append, "refused")  # full: refused at once
+        release.set()
+        await worker.wait()
+        assert worker.offer(ran.append, "taken")
+        await worker.wait()
+    finally:
+        release.set()
+        await worker.close()
+    assert ran == ["taken"]
+    assert not worker.offer(ran.append, "closed")
+
+
+async def test_every_waiting_coroutine_wakes() -> None:
+    worker = SerialWorker("test", depth=1)
+    release = threading.Event()
+    try:
+        await worker.submit(release.wait, 5)
+        waits = [asyncio.ensure_future(worker.wait()) for _ in range(3)]
+        queued = asyncio.ensure_future(worker.submit(lambda: "next"))
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in [*waits, queued])
+        release.set()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*waits)
+            assert (await queued).result(5) == "next"
+    finally:
+        release.set()
+        await worker.close()
