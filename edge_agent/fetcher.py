@@ -316,7 +316,10 @@ class _PartWriter:
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
         self._worker = SerialWorker("blob-part")
-        self._unsynced = 0
+        self._unadvised = 0  # bytes appended since the last advice
+        # File offsets at the last two pieces of advice: dirty pages from before the
+        # last are clean by the next, so each covers from the one before the last.
+        self._advised = (f.tell(), f.tell())
 
     async def write(self, batch: list[bytes]) -> None:
         if batch:
@@ -324,14 +327,16 @@ class _PartWriter:
 
     def _append(self, batch: list[bytes]) -> None:
         self._f.writelines(batch)
-        self._unsynced += sum(map(len, batch))
-        if self._unsynced >= _PART_CACHE and hasattr(os, "posix_fadvise"):
+        self._unadvised += sum(map(len, batch))
+        if self._unadvised >= _PART_CACHE and hasattr(os, "posix_fadvise"):
             # The part file is read again only to resume, so a download need not hold
             # it in memory: DONTNEED starts writing back what is dirty, without waiting,
-            # and drops what is already clean (what the call before started writing).
+            # and drops what is clean.
             self._f.flush()
-            os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            self._unsynced = 0
+            before_last, last = self._advised
+            os.posix_fadvise(self._f.fileno(), before_last, 0, os.POSIX_FADV_DONTNEED)
+            self._advised = (last, self._f.tell())
+            self._unadvised = 0
 
     async def flush(self) -> None:
         """Wait until every batch is written; raise what failed."""
