@@ -122,10 +122,16 @@ class Process:
             try:
                 proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
+                # The agent writes every thread's stack to its log on SIGUSR2: where it hangs.
+                proc.send_signal(signal.SIGUSR2)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1)
                 proc.kill()
                 proc.wait()
                 print(
-                    f"{self.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed", file=sys.stderr
+                    f"{self.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed\n"
+                    f"{self.log_tail(8000)}",
+                    file=sys.stderr,
                 )
         self.exit_code = proc.returncode
 

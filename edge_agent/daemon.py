@@ -8,11 +8,13 @@ inference requests within about a second plus model load time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import faulthandler
 import gc
 import logging
 import signal
 import ssl
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -36,6 +38,7 @@ from shared.tls import client_context, server_context
 
 logger = logging.getLogger(__name__)
 
+STOP_TASKS_SECONDS = 5.0  # how long a stop waits for the background tasks to end
 AGENT = web.AppKey("agent", Agent)
 SYNC = web.AppKey("sync", SyncClient)
 METRICS = web.AppKey("metrics", MetricsRegistry)
@@ -166,9 +169,17 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
         logger.info("Stopping: draining in-flight requests")
         for task in tasks:
             task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_TASKS_SECONDS)
+        for task in stuck:  # logged with where it waits, then left behind
+            logger.warning(
+                "Task %s did not stop within %.0f s; it waits in %s",
+                task.get_name(),
+                STOP_TASKS_SECONDS,
+                " <- ".join(map(_where, reversed(task.get_stack()))),
+            )
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.debug("Task %s ended with %r", task.get_name(), task.exception())
         await runner.cleanup()  # stops accepting, lets running requests finish
         await session.close()
         await slots.close()
@@ -176,9 +187,16 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
         logger.info("Edge agent stopped")
 
 
+def _where(frame: FrameType) -> str:
+    return f"{frame.f_code.co_qualname} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})"
+
+
 def run(config: EdgeConfig) -> None:
     """Entry point of ``skiff edge run``: serve until SIGTERM or SIGINT."""
     logs.configure(config.log_level)
+
+    # `kill -USR2 <pid>` writes every thread's stack to stderr: what a stuck agent waits for.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,17 @@ def test_enrolled_agent_serves_and_follows_the_alias(
         shown = api_ok(central, "GET", f"/api/v1/fleets/{fleet.fleet}")  # type: ignore[attr-defined]
     assert reports[0]["serving"] == {"m": "2.0.0"}
     assert reports[0]["previous"] == {"m": "1.0.0"}
+    # SIGUSR2 writes every thread's stack to the log (where a stuck agent waits); the
+    # agent goes on serving.
+    logged = agent.log.stat().st_size
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while "most recent call first" not in agent.log.read_text()[logged:]:
+        assert time.monotonic() < deadline, agent.log.read_text()[-3000:]
+        time.sleep(0.1)
+    assert "daemon.py" in agent.log.read_text()[logged:]  # the event loop's thread
+    assert y_of(agent.infer("m")) == pytest.approx(12.0)
     assert agent.stop() == 0
 
 
