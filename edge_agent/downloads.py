@@ -39,7 +39,7 @@ __all__ = ["fetch_blob", "import_blob"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_SYNC_EVERY = 16 << 20  # staged bytes written between two fdatasync calls
+_SYNC_EVERY = 4 << 20  # staged bytes written between two fdatasync calls
 
 
 async def fetch_blob(
