@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -274,6 +275,8 @@ async def serve(config: CentralConfig, stop: asyncio.Event) -> None:
 def run(config: CentralConfig) -> None:
     """Entry point of ``skiff central serve``: serve until SIGTERM or SIGINT."""
     logs.configure(config.log_level)
+    # `kill -USR2 <pid>` writes every thread's stack to stderr: what a stuck central waits for.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -210,10 +210,13 @@ class CentralProcess:
         try:
             code = proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)  # every thread's stack to the log: where it hangs
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
             proc.kill()
             proc.wait()
             raise AssertionError(
-                f"central ignored SIGTERM for {STOP_TIMEOUT:.0f} s\n{self.log_tail()}"
+                f"central ignored SIGTERM for {STOP_TIMEOUT:.0f} s\n{self.log_tail(12000)}"
             ) from None
         assert code == 0, f"central exited {code} on SIGTERM\n{self.log_tail()}"
 
@@ -231,8 +234,8 @@ class CentralProcess:
         except FileNotFoundError:
             return ""
 
-    def log_tail(self) -> str:
-        return "--- central log (tail)\n" + self.log_text()[-_LOG_TAIL_CHARS:]
+    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        return "--- central log (tail)\n" + self.log_text()[-chars:]
 
 
 def _toml_value(value: object) -> str:

@@ -77,7 +77,7 @@ def test_quick_run_reports_every_figure_as_a_positive_number() -> None:
     assert set(counts) == COUNTS
     for name, value in counts.items():
         assert isinstance(value, int) and value >= 0, (name, value)
-    assert counts["a_installs"] == 3
+    assert counts["a_installs"] == 5
     assert counts["c_swaps"] == 5
     assert counts["d_swaps"] == 20
     ratios = {c["ratio_figure"] for c in report["comparisons"]}

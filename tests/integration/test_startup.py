@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from shared.manifest import verify_manifest
@@ -106,3 +108,20 @@ def test_signing_keys_can_live_outside_the_data_dir(tmp_path: Path) -> None:
     )
     assert again.returncode != 0
     assert "already initialised" in again.stderr
+
+
+def test_sigusr2_logs_every_thread_and_central_goes_on(tmp_path: Path) -> None:
+    central = init_central(tmp_path / "data")
+    central.start()
+    try:
+        logged = len(central.log_text())
+        assert central.proc is not None
+        central.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while "most recent call first" not in central.log_text()[logged:]:
+            assert time.monotonic() < deadline, central.log_tail()
+            time.sleep(0.1)
+        assert "app.py" in central.log_text()[logged:]  # the event loop's thread
+        register(central, "after-dump", "1.0.0")
+    finally:
+        central.stop()  # and it still stops cleanly on SIGTERM
