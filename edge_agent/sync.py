@@ -10,7 +10,6 @@ it serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from typing import Any
@@ -19,6 +18,7 @@ from edge_agent.agent import Agent, Update
 from edge_agent.config import EdgeConfig
 from edge_agent.downloads import fetch_blob
 from edge_agent.fetcher import Fetcher
+from shared.aio import wait_set
 from shared.errors import DownloadError, RepositoryError, SkiffError
 from shared.manifest import FileEntry
 from shared.timeutil import format_time, utcnow
@@ -141,8 +141,7 @@ class SyncClient:
             except SkiffError as e:
                 logger.debug("Report not sent: %s", e)
             self.report_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.report_now.wait(), self._config.report_interval_seconds)
+            await wait_set(self.report_now, self._config.report_interval_seconds)
 
 
 def _version() -> str:

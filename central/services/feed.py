@@ -8,12 +8,12 @@ caches and long-polls stay right with several replicas behind a load balancer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from central.domain import Change
 from central.stores.sqlite import SqliteStore
+from shared.aio import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class ChangeFeed:
         loop = asyncio.get_running_loop()
         last_read = float("-inf")
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self._interval)
+            await wait_set(self._poked, self._interval)
             if self._poked.is_set():
                 # A commit after a quiet spell is read at once (an alias move reaches
                 # long-polling devices without delay); in a burst, reads come at most

@@ -7,7 +7,6 @@ the sequence number of its latest state, so a sync compares two integers and wai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -16,6 +15,7 @@ from central.domain import Actor, Change
 from central.services.feed import ChangeFeed
 from central.stores.sqlite import SqliteStore
 from central.stores.sqlite_fleets import DeviceRow
+from shared.aio import wait_set
 from shared.errors import ForbiddenError, InvalidInputError, NotFoundError
 from shared.timeutil import format_time, utcnow
 
@@ -116,8 +116,7 @@ class SyncService:
             since = 0  # a cursor from the future (restored database): send everything
         if not self._news(fleet, since) and wait > 0 and not self._closing:
             event = self._wakeups.setdefault(fleet, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), wait)
+            await wait_set(event, wait)
         cursor = self._feed.last_seq
         answer: dict[str, Any] = {
             "cursor": cursor,

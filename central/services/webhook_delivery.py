@@ -14,7 +14,6 @@ duplicates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -29,6 +28,7 @@ from central.services.webhooks import matches
 from central.stores.sqlite import SqliteStore
 from central.stores.sqlite_webhooks import DueDelivery, NewDelivery
 from shared import __version__
+from shared.aio import wait_set
 from shared.metrics import Registry as MetricsRegistry
 from shared.timeutil import format_time, utcnow
 
@@ -107,8 +107,7 @@ class WebhookDispatcher:
                         wait = await self._dispatch(session)
                     except Exception:
                         logger.exception("Webhook delivery loop failed; retrying")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._poked.wait(), wait)
+                    await wait_set(self._poked, wait)
                     if self._poked.is_set():  # one pass for a burst of commits, not one each
                         await asyncio.sleep(COALESCE_SECONDS)
                     self._poked.clear()
