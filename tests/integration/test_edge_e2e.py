@@ -67,10 +67,11 @@ def test_enrolled_agent_serves_and_follows_the_alias(
     assert agent.proc is not None
     agent.proc.send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + 10
-    while "most recent call first" not in agent.log.read_text()[logged:]:
+    # the dump is written as it goes: wait for the event loop's thread, in daemon.py
+    while "edge_agent/daemon.py" not in agent.log.read_text()[logged:]:
         assert time.monotonic() < deadline, agent.log.read_text()[-3000:]
         time.sleep(0.1)
-    assert "daemon.py" in agent.log.read_text()[logged:]  # the event loop's thread
+    assert "most recent call first" in agent.log.read_text()[logged:]
     assert y_of(agent.infer("m")) == pytest.approx(12.0)
     assert agent.stop() == 0
 
