@@ -1,11 +1,11 @@
-"""A worker thread fed in order from the event loop, so disk and CPU work overlap the network.
+"""A worker thread that runs jobs in order, so disk and CPU work overlap the network.
 
-A download hands each batch of bytes to a few such workers (the part file, the
-compressed-side hash, decompression into the staged file) and goes back to
-receiving while they run. The thread takes the next job as soon as one ends and
-wakes the event loop only when the loop waits for it (the queue is full, or it
-asked for every job to end): a batch costs the loop no round trip, which matters
-when a download is a few hundred of them.
+A download hands each batch of bytes to such workers (the part file, decompression)
+and goes back to receiving while they run; the decompressing thread hands its output
+to another (hash and staged file), which hands write-back to a third. The thread
+takes the next job as soon as one ends and wakes the event loop only when the loop
+waits for it (the queue is full, or it asked for every job to end): a batch costs
+the loop no round trip, which matters when a download is a few hundred of them.
 """
 
 from __future__ import annotations
