@@ -23,6 +23,7 @@ from central.services.rollouts import RolloutService
 from central.services.search import SearchService
 from central.services.sync import SyncService
 from central.services.telemetry import TelemetryService
+from central.services.textindex import TextIndexer
 from central.services.tokens import TokenService
 from central.services.webhook_delivery import WebhookDispatcher
 from central.services.webhooks import WebhookService
@@ -35,6 +36,7 @@ REGISTRY = web.AppKey("registry", RegistryService)
 ALIASES = web.AppKey("aliases", AliasService)
 BLOBS = web.AppKey("blobs", BlobService)
 SEARCH = web.AppKey("search", SearchService)
+TEXT_INDEX = web.AppKey("text_index", TextIndexer)
 TOKENS = web.AppKey("tokens", TokenService)
 CHANGES = web.AppKey("changes", ChangeService)
 METRICS = web.AppKey("metrics", MetricsRegistry)

@@ -418,13 +418,30 @@ class Transaction(
                 "INSERT INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
                 [(version_id, k, float(val)) for k, val in metrics.items()],
             )
-        if v.description:
-            await self._run(
-                "INSERT INTO version_text (rowid, description) VALUES (?, ?)",
-                (version_id, v.description),
-            )
         await self._run("UPDATE models SET updated_at = ? WHERE id = ?", (v.created_at, model_id))
         return version_id
+
+    async def index_descriptions(self, limit: int) -> int:
+        """Add the descriptions of the next ``limit`` unindexed versions to the text index.
+
+        Returns how many versions it went through (those without a description count).
+        """
+        row = await self._one("SELECT indexed_through FROM text_index_state WHERE id = 1")
+        through = int(row[0]) if row is not None else 0
+        rows = await self._all(
+            "SELECT id, description FROM versions WHERE id > ? ORDER BY id LIMIT ?",
+            (through, limit),
+        )
+        if not rows:
+            return 0
+        await self._many(
+            "INSERT INTO version_text (rowid, description) VALUES (?, ?)",
+            [(r[0], r[1]) for r in rows if r[1]],
+        )
+        await self._change(
+            "UPDATE text_index_state SET indexed_through = ? WHERE id = 1", (rows[-1][0],)
+        )
+        return len(rows)
 
     async def set_stage(self, version_id: int, stage: str) -> None:
         await self._run("UPDATE versions SET stage = ? WHERE id = ?", (stage, version_id))

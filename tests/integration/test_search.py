@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -263,3 +266,38 @@ def test_results_are_version_records(central_module: CentralProcess, cat: Catalo
     (item,) = api_ok(central_module, "GET", f"/api/v1/search?{query}")["items"]
     direct = api_ok(central_module, "GET", f"/api/v1/models/{cat.fraud_eu}/versions/1.0.0")
     assert item == direct
+
+
+def _search_ids(central: CentralProcess, filter_text: str) -> list[str]:
+    page = api_ok(central, "GET", f"/api/v1/search?filter={quote(filter_text, safe='')}")
+    return [f"{v['model']}@{v['version']}" for v in page["items"]]
+
+
+def test_description_search_finds_a_version_registered_just_before(
+    central_module: CentralProcess,
+) -> None:
+    model, word = unique("txt"), uuid.uuid4().hex[:12]
+    for i in range(3):  # searched at once after each registration: no wait, no retry
+        register(central_module, model, f"1.0.{i}", description=f"run {i} of {word}")
+        found = _search_ids(central_module, f"description contains '{word}'")
+        assert found == [f"{model}@1.0.{j}" for j in range(i, -1, -1)]
+
+
+def test_descriptions_reach_the_text_index_without_a_search(
+    central_module: CentralProcess,
+) -> None:
+    model, word = unique("txt"), uuid.uuid4().hex[:12]
+    register(central_module, model, "1.0.0", description=f"indexed in the background {word}")
+    db = sqlite3.connect(f"file:{central_module.data_dir / 'registry.db'}?mode=ro", uri=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            rows = db.execute(
+                "SELECT rowid FROM version_text WHERE version_text MATCH ?", (f'"{word}"',)
+            ).fetchall()
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        db.close()
+    assert len(rows) == 1, "the description was not indexed within 10 s"
