@@ -18,12 +18,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import aiosqlite
+import orjson
 
 from shared.errors import ConflictError
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    """A stored JSON column: compact, sorted keys, UTF-8 kept as is."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits, non-string keys
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 class Statements(Protocol):
