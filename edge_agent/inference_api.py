@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from aiohttp import web
 
 import shared
@@ -204,9 +205,14 @@ def _parse(
     raw: bytes, loaded: LoadedVersion
 ) -> tuple[dict[str, np.ndarray], list[str] | None, str | None]:
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise InvalidInputError(f"request body is not valid JSON: {e}") from e
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # What orjson refuses but Python's parser reads: NaN and Infinity tokens (a
+        # client's missing values), integers beyond 64 bits, nesting beyond 1024.
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise InvalidInputError(f"request body is not valid JSON: {e}") from e
     return parse_infer_request(body, loaded)
 
 
@@ -215,7 +221,10 @@ def _render(loaded: LoadedVersion, values: dict[str, Any], request_id: str | Non
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = [encode_output(name, value) for name, value in values.items()]
-    return json.dumps(response).encode()
+    try:  # NaN and infinite outputs become null: plain JSON, which every client parses
+        return orjson.dumps(response)
+    except TypeError:  # a value orjson does not know: Python's encoder as before
+        return json.dumps(response).encode()
 
 
 async def _maybe_offload(heavy: bool, fn: Callable[..., _T], *args: Any) -> _T:

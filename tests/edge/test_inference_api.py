@@ -311,6 +311,26 @@ async def test_large_tensors_round_trip(agent: Agent) -> None:
     assert body["outputs"] == [tensor("Y", "FP32", [100_000, 2], data)]
 
 
+async def test_non_finite_values_in_and_out(agent: Agent) -> None:
+    """NaN and Infinity tokens are read (a client's missing values); the answer is strict
+    JSON, with null where a value is not finite."""
+    await agent.install("id", "1.0.0", identity_model(TensorProto.FLOAT))
+    raw = (
+        b'{"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 2],'
+        b' "data": [NaN, 1.5, Infinity, -2]}]}'
+    )
+
+    async with agent.client.post("/v2/models/id/infer", data=raw) as response:
+        assert response.status == 200
+        text = await response.text()
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"the answer holds the non-JSON token {token}")
+
+    body = json.loads(text, parse_constant=refuse)
+    assert body["outputs"] == [tensor("Y", "FP32", [2, 2], [None, 1.5, None, -2.0])]
+
+
 async def test_outputs_selection(agent: Agent) -> None:
     await agent.install("ab", "1.0.0", two_output_model())
     inputs = [tensor("A", "FP32", [2], [5, 7]), tensor("B", "FP32", [2], [1, 2])]
