@@ -1,21 +1,31 @@
-"""A walker over the structure of one zstd frame (RFC 8878, section 3.1.1).
+"""A walker over the structure of a stream of zstd frames (RFC 8878, section 3.1.1).
 
 It reads only headers: it splits incoming compressed bytes at block ends so
 that each piece handed to the decoder completes at most one block, whose
 output the format caps at 128 KiB. That bounds the memory a hostile frame can
-make the decoder allocate in one call. It also knows when the frame is done.
+make the decoder allocate in one call. It also knows where each frame ends:
+blobs are written as a sequence of independent frames, and a frame's end is a
+point from which decoding can start afresh (a resumed download starts there).
 """
 
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 from shared.errors import FormatError
 
 _MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK_MAX = 128 * 1024
-_DID_SIZES = (0, 1, 2, 4)
 _FCS_SIZES = (0, 2, 4, 8)
+
+
+class Piece(NamedTuple):
+    """Compressed bytes that complete at most one block."""
+
+    data: memoryview
+    ends_frame: bool
+    content_size: int | None  # as its frame declares it, if it does
 
 
 class _State(enum.Enum):
@@ -23,55 +33,71 @@ class _State(enum.Enum):
     BLOCK_HEADER = enum.auto()
     BLOCK = enum.auto()
     CHECKSUM = enum.auto()
-    DONE = enum.auto()
+    DONE = enum.auto()  # between two frames
 
 
 class FrameWalker:
-    """Tracks where block boundaries fall in a zstd frame fed in chunks."""
+    """Tracks where blocks and frames end in a stream of zstd frames fed in chunks."""
 
     def __init__(self) -> None:
-        self._state = _State.FRAME_HEADER
+        self._state = _State.DONE
         self._buf = bytearray()
-        self._need = 5  # magic number and frame header descriptor
+        self._need = 0
         self._block_left = 0
         self._last_block = False
         self._has_checksum = False
-        self.content_size: int | None = None
+        self.frames = 0  # frames complete so far
+        self.content_size: int | None = None  # declared by the frame being walked
 
     @property
     def done(self) -> bool:
-        """Whether the whole frame, checksum included, has been seen."""
-        return self._state is _State.DONE
+        """Whether the bytes so far are whole frames, at least one (checksums included)."""
+        return self._state is _State.DONE and self.frames > 0
 
-    def split(self, chunk: bytes) -> list[memoryview]:
+    def split(self, chunk: bytes) -> list[Piece]:
         """Split ``chunk`` into pieces that each complete at most one block.
 
+        Returns:
+            The pieces in order, each with whether it completes its frame and the
+            content size that frame declares.
+
         Raises:
-            FormatError: The bytes are not one well-formed zstd frame.
+            FormatError: The bytes are not well-formed zstd frames.
         """
         view = memoryview(chunk)
-        pieces: list[memoryview] = []
+        pieces: list[Piece] = []
         start = pos = 0
         while pos < len(view):
             if self._state is _State.DONE:
-                raise FormatError("unexpected data after the end of the zstd frame")
+                self._start_frame()
             if self._state is _State.BLOCK:
                 take = min(self._block_left, len(view) - pos)
                 pos += take
                 self._block_left -= take
                 if self._block_left == 0:
-                    pieces.append(view[start:pos])
-                    start = pos
                     self._end_block()
+                    pieces.append(Piece(view[start:pos], self._between_frames(), self.content_size))
+                    start = pos
                 continue
             take = min(self._need - len(self._buf), len(view) - pos)
             self._buf += view[pos : pos + take]
             pos += take
             if len(self._buf) == self._need:
                 self._parse_header()
+                if self._between_frames():  # after a checksum, or a frame of empty blocks
+                    pieces.append(Piece(view[start:pos], True, self.content_size))
+                    start = pos
         if start < pos:
-            pieces.append(view[start:pos])
+            pieces.append(Piece(view[start:pos], False, self.content_size))
         return pieces
+
+    def _between_frames(self) -> bool:
+        return self._state is _State.DONE
+
+    def _start_frame(self) -> None:
+        self._state, self._need = _State.FRAME_HEADER, 5  # magic number and descriptor
+        self._buf.clear()
+        self.content_size = None
 
     def _parse_header(self) -> None:
         buf = bytes(self._buf)
@@ -80,7 +106,7 @@ class FrameWalker:
         elif self._state is _State.BLOCK_HEADER:
             self._parse_block_header(buf)
         else:
-            self._state = _State.DONE
+            self._frame_done()
         if self._state is not _State.FRAME_HEADER:
             self._buf.clear()
 
@@ -124,4 +150,8 @@ class FrameWalker:
         elif self._has_checksum:
             self._state, self._need = _State.CHECKSUM, 4
         else:
-            self._state = _State.DONE
+            self._frame_done()
+
+    def _frame_done(self) -> None:
+        self._state = _State.DONE
+        self.frames += 1

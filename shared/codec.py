@@ -1,9 +1,16 @@
 """zstd compression of blobs, bounded by the signed size.
 
-Blobs travel and rest zstd-compressed. Decompression never produces more than
-the signed uncompressed size (endless-data and zstd-bomb defence): input is
-handed to the decoder one block at a time, so a hostile frame cannot make it
-allocate more than ``max_size`` plus one 128 KiB block before we stop.
+Blobs travel and rest zstd-compressed, as a sequence of independent frames of at
+most :data:`FRAME_SIZE` uncompressed bytes each (one frame for a small blob). Each
+frame records its content size and checksum. A frame's end is a point from which
+decoding starts afresh, so a download interrupted in frame ``n`` resumes at the end
+of frame ``n - 1`` without the compressed bytes before it. Any sequence of frames
+decodes; blobs written as one frame (by earlier versions) included.
+
+Decompression never produces more than the signed uncompressed size (endless-data
+and zstd-bomb defence): input is handed to the decoder one block at a time, so a
+hostile frame cannot make it allocate more than ``max_size`` plus one 128 KiB block
+before we stop.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from shared.errors import DigestMismatchError, FormatError, LengthError
 __all__ = [
     "CHUNK_SIZE",
     "DEFAULT_LEVEL",
+    "FRAME_SIZE",
     "BoundedDecompressor",
     "CompressedInfo",
     "StreamCompressor",
@@ -38,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LEVEL = 3
 CHUNK_SIZE = 1 << 20
+FRAME_SIZE = 8 << 20  # uncompressed bytes per frame: the granularity of a resumed download
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -45,16 +54,22 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 def compress(data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
-    """Compress ``data`` into one zstd frame that records its content size."""
-    return _compressor(level).compress(data)
+    """Compress ``data`` into frames of at most :data:`FRAME_SIZE` bytes (one if smaller)."""
+    cctx = _compressor(level)
+    if len(data) <= FRAME_SIZE:
+        return cctx.compress(data)
+    view = memoryview(data)
+    return b"".join(
+        cctx.compress(view[i : i + FRAME_SIZE]) for i in range(0, len(data), FRAME_SIZE)
+    )
 
 
 def decompress(data: bytes, max_size: int) -> bytes:
-    """Decompress one complete zstd frame of at most ``max_size`` bytes.
+    """Decompress complete zstd frames holding at most ``max_size`` bytes in all.
 
     Raises:
         LengthError: The content exceeds ``max_size``.
-        FormatError: ``data`` is not exactly one complete zstd frame.
+        FormatError: ``data`` is not a sequence of complete zstd frames.
     """
     dec = BoundedDecompressor(max_size)
     out = dec.decompress(data)
@@ -63,24 +78,43 @@ def decompress(data: bytes, max_size: int) -> bytes:
 
 
 class StreamCompressor:
-    """Compress a stream chunk by chunk into one zstd frame."""
+    """Compress a stream chunk by chunk into frames of :data:`FRAME_SIZE` bytes each.
+
+    Holds at most one frame's worth of input: each frame is compressed whole once its
+    bytes are in, so that it records its content size.
+    """
 
     def __init__(self, level: int = DEFAULT_LEVEL) -> None:
-        self._obj = _compressor(level).compressobj()
+        self._cctx = _compressor(level)
+        self._pending = bytearray()
+        self._frames = 0
         self.raw_size = 0
 
     def compress(self, chunk: bytes) -> bytes:
-        """Feed uncompressed bytes; return whatever compressed bytes are ready."""
+        """Feed uncompressed bytes; return the frames they complete."""
         self.raw_size += len(chunk)
-        return self._obj.compress(chunk)
+        self._pending += chunk
+        out = []
+        while len(self._pending) >= FRAME_SIZE:
+            out.append(self._frame(bytes(self._pending[:FRAME_SIZE])))
+            del self._pending[:FRAME_SIZE]
+        return b"".join(out)
 
     def flush(self) -> bytes:
-        """Finish the frame and return its last bytes."""
-        return self._obj.flush()
+        """Compress what is left into the last frame (an empty stream is one empty frame)."""
+        if not self._pending and self._frames:
+            return b""
+        data = bytes(self._pending)
+        self._pending.clear()
+        return self._frame(data)
+
+    def _frame(self, data: bytes) -> bytes:
+        self._frames += 1
+        return self._cctx.compress(data)
 
 
 class BoundedDecompressor:
-    """Decompress one zstd frame fed in chunks, never beyond ``max_size`` bytes."""
+    """Decompress zstd frames fed in chunks, never beyond ``max_size`` bytes in all."""
 
     def __init__(self, max_size: int) -> None:
         if max_size < 0:
@@ -88,43 +122,57 @@ class BoundedDecompressor:
         self.max_size = max_size
         self.raw_size = 0
         self._walker = FrameWalker()
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._frame_start = 0  # output bytes before the frame being decoded
 
     def decompress(self, chunk: bytes) -> bytes:
         """Feed compressed bytes; return the uncompressed bytes they complete.
 
         Raises:
             LengthError: The output would exceed ``max_size``.
-            FormatError: The bytes are not a valid zstd frame.
+            FormatError: The bytes are not valid zstd frames.
         """
         out: list[bytes] = []
         for piece in self._walker.split(chunk):
-            self._check_declared_size()
+            self._check_declared_size(piece.content_size)
             try:
-                data = self._obj.decompress(piece)
+                data = self._obj.decompress(piece.data)
             except zstandard.ZstdError as e:
                 raise FormatError(f"corrupt zstd frame: {e}") from e
             self.raw_size += len(data)
             if self.raw_size > self.max_size:
                 raise LengthError(f"decompressed data exceeds the signed size {self.max_size}")
             out.append(data)
+            if piece.ends_frame:
+                self._end_frame(piece.content_size)
         return b"".join(out)
 
-    def _check_declared_size(self) -> None:
-        declared = self._walker.content_size
-        if declared is not None and declared > self.max_size:
+    def _check_declared_size(self, declared: int | None) -> None:
+        if declared is not None and self._frame_start + declared > self.max_size:
             raise LengthError(
                 f"zstd frame declares {declared} bytes, which exceeds the signed size "
                 f"{self.max_size}"
             )
 
+    def _end_frame(self, declared: int | None) -> None:
+        if not self._obj.eof:
+            raise FormatError("corrupt zstd frame: the decoder did not finish it")
+        if declared is not None and self.raw_size - self._frame_start != declared:
+            raise FormatError(
+                f"zstd frame declares {declared} bytes and holds "
+                f"{self.raw_size - self._frame_start}"
+            )
+        self._frame_start = self.raw_size
+        self._obj = self._dctx.decompressobj()
+
     def finish(self) -> None:
-        """Check that the frame is complete.
+        """Check that the last frame is complete.
 
         Raises:
-            FormatError: The frame is truncated.
+            FormatError: The input ends inside a frame, or holds no frame at all.
         """
-        if not (self._walker.done and self._obj.eof):
+        if not self._walker.done:
             raise FormatError(f"truncated zstd frame after {self.raw_size} bytes of output")
 
 
@@ -135,25 +183,38 @@ class StreamDecompressor:
     past ``max_size`` bytes in all: the piece that would go past raises instead
     (endless-data and zstd-bomb defence), so memory stays bounded by the piece size
     and the decoder's window, whatever the input. Each chunk costs one call into the
-    decoder, which runs without the GIL: for large blobs this is the faster of the
-    two decompressors, and the one to run beside other threads.
+    decoder per frame it ends in, which runs without the GIL: for large blobs this is
+    the faster of the two decompressors, and the one to run beside other threads.
 
-    Unlike :class:`BoundedDecompressor` it does not walk the frame structure: bytes
-    after the frame are decoded as further frames and a truncated frame just ends
-    early, so the caller checks the size and digest of the output (as
-    :class:`shared.fleet.BlobVerifier` does). A frame that carries no content
-    checksum may hold back the output of its last block; such a blob fails that
-    check rather than being accepted short. Central writes every frame with one.
+    Given ``frame_end``, it is told ``(compressed, uncompressed)`` offsets each time a
+    frame that declares its content size has been decoded whole and its output handed
+    on: the points a resumed download can start from. ``start`` is such a point, for a
+    decompressor that takes over there (``max_size`` still counts from zero).
+
+    Unlike :class:`BoundedDecompressor` it does not check every frame's structure: a
+    truncated frame just ends early, so the caller checks the size and digest of the
+    output (as :class:`shared.fleet.BlobVerifier` does). A frame that carries no content
+    checksum may hold back the output of its last block; such a blob fails that check
+    rather than being accepted short. Central writes every frame with one.
     """
 
     def __init__(
-        self, max_size: int, output: Callable[[bytes], object], piece_size: int = CHUNK_SIZE
+        self,
+        max_size: int,
+        output: Callable[[bytes], object],
+        piece_size: int = CHUNK_SIZE,
+        *,
+        frame_end: Callable[[int, int], object] | None = None,
+        start: tuple[int, int] = (0, 0),
     ) -> None:
         if max_size < 0:
             raise ValueError(f"max_size must be >= 0, got {max_size}")
         self.max_size = max_size
-        self.raw_size = 0
+        self.compressed_size, self.raw_size = start
         self._output = output
+        self._frame_end = frame_end
+        self._walker = FrameWalker() if frame_end is not None else None
+        self._frame_start = self.raw_size
         # The decoder only ever calls our write(): we are the sink it writes to.
         self._writer = zstandard.ZstdDecompressor().stream_writer(
             cast("IO[bytes]", self), write_size=piece_size, write_return_read=True
@@ -166,10 +227,33 @@ class StreamDecompressor:
             LengthError: The output would exceed ``max_size``.
             FormatError: The bytes are not valid zstd.
         """
+        if self._walker is None:
+            self._decode(chunk)
+            return
+        view, done = memoryview(chunk), 0
+        offset = 0
+        for piece in self._walker.split(chunk):
+            offset += len(piece.data)
+            if piece.ends_frame:
+                self._decode(view[done:offset])
+                done = offset
+                self._ended(piece.content_size)
+        if done < len(view):
+            self._decode(view[done:])
+
+    def _decode(self, data: bytes | memoryview) -> None:
         try:
-            self._writer.write(chunk)
+            self._writer.write(data)
         except zstandard.ZstdError as e:
             raise FormatError(f"corrupt zstd frame: {e}") from e
+        self.compressed_size += len(data)
+
+    def _ended(self, declared: int | None) -> None:
+        assert self._frame_end is not None
+        whole = declared is not None and self.raw_size - self._frame_start == declared
+        self._frame_start = self.raw_size
+        if whole:
+            self._frame_end(self.compressed_size, self.raw_size)
 
     def write(self, data: bytes) -> int:
         """The decoder's sink (not for callers): check the bound, pass the piece on."""

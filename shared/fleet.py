@@ -486,21 +486,37 @@ class BlobVerifier:
       :class:`~shared.codec.StreamDecompressor`) and hands the output to ``output``
       unhashed, in pieces of at most 1 MiB; the caller passes every piece, in order,
       to :meth:`hash_plain`, in another thread if it likes. Decompressing and hashing
-      then run beside each other.
+      then run beside each other. ``frame_end`` is then told the ``(compressed,
+      uncompressed)`` offsets at each frame's end, after that frame's output.
+
+    A verifier can take over a download at the end of a frame (``resume_at``, offsets
+    its ``frame_end`` reported): it is fed the compressed bytes from there, and the
+    caller first passes it the output before that point through :meth:`hash_plain`.
+    The offsets need no trust: every check of :meth:`finish` still covers the whole
+    blob, and bytes that do not continue the blob at that point fail them.
     """
 
     def __init__(
-        self, expected: FileEntry, *, output: Callable[[bytes], object] | None = None
+        self,
+        expected: FileEntry,
+        *,
+        output: Callable[[bytes], object] | None = None,
+        frame_end: Callable[[int, int], object] | None = None,
+        resume_at: tuple[int, int] = (0, 0),
     ) -> None:
         self.expected = expected
         self._plain = Hasher()
-        self._compressed = 0  # compressed bytes taken
+        self._compressed = resume_at[0]  # compressed bytes taken
         self._decompressor: BoundedDecompressor | None = None
         self._stream: StreamDecompressor | None = None
         if output is None:
+            if resume_at != (0, 0) or frame_end is not None:
+                raise ValueError("resuming and frame ends need an output")
             self._decompressor = BoundedDecompressor(expected.size)
         else:
-            self._stream = StreamDecompressor(expected.size, output)
+            self._stream = StreamDecompressor(
+                expected.size, output, frame_end=frame_end, start=resume_at
+            )
         self._finished = False
 
     @property

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from shared._zstdframe import FrameWalker
 from shared.codec import (
+    FRAME_SIZE,
     BoundedDecompressor,
     CompressedInfo,
     StreamCompressor,
+    StreamDecompressor,
     compress,
     compress_file,
     decompress,
@@ -111,9 +114,80 @@ def test_corrupt_block() -> None:
         decompress(bytes(frame), 20_000)
 
 
-def test_trailing_data_rejected() -> None:
-    with pytest.raises(FormatError, match="after the end"):
-        decompress(compress(b"abc") + compress(b"def"), 100)
+def test_frames_in_sequence_decode_to_their_concatenation() -> None:
+    assert decompress(compress(b"abc") + compress(b"") + compress(b"def"), 100) == b"abcdef"
+
+
+def test_garbage_after_a_frame_is_rejected() -> None:
+    with pytest.raises(FormatError, match="bad magic"):
+        decompress(compress(b"abc") + b"trailing garbage", 100)
+
+
+def _frames(data: bytes) -> list[int]:
+    """The compressed length of each frame in ``data``."""
+    walker, lengths, current = FrameWalker(), [], 0
+    for piece in walker.split(data):
+        current += len(piece.data)
+        if piece.ends_frame:
+            lengths.append(current)
+            current = 0
+    assert current == 0 and walker.done
+    return lengths
+
+
+def test_large_content_is_written_as_frames_of_frame_size() -> None:
+    data = os.urandom(1000) + bytes(range(256)) * (FRAME_SIZE * 5 // 2 // 256)
+    blob = compress(data)
+    lengths = _frames(blob)
+    assert len(lengths) == 3
+    assert zstandard.frame_content_size(blob) == FRAME_SIZE
+    assert zstandard.frame_content_size(blob[sum(lengths[:2]) :]) == len(data) - 2 * FRAME_SIZE
+    assert decompress(blob, len(data)) == data
+    comp = StreamCompressor()
+    streamed = b"".join(comp.compress(data[i : i + 777_777]) for i in range(0, len(data), 777_777))
+    assert streamed + comp.flush() == blob
+
+
+def test_empty_stream_is_one_empty_frame() -> None:
+    comp = StreamCompressor()
+    assert comp.compress(b"") == b""
+    blob = comp.flush()
+    assert _frames(blob) == [len(blob)]
+    assert decompress(blob, 0) == b""
+
+
+def test_a_frame_declaring_more_than_the_budget_left_is_refused() -> None:
+    with pytest.raises(LengthError, match="declares 100 bytes"):
+        decompress(compress(b"a" * 100) + compress(b"b" * 100), 150)
+
+
+def test_a_frame_holding_other_than_it_declares_is_refused() -> None:
+    frame = bytearray(compress(b"x" * 300))
+    assert frame[4] >> 6 == 1 and frame[4] & 0x20  # single segment, 2-byte size (less 256)
+    assert int.from_bytes(frame[5:7], "little") + 256 == 300
+    frame[5:7] = (299 - 256).to_bytes(2, "little")
+    with pytest.raises(FormatError):
+        decompress(bytes(frame), 1000)
+
+
+def test_stream_decompressor_reports_frame_ends_to_resume_from() -> None:
+    data = bytes(range(256)) * (FRAME_SIZE * 3 // 256) + b"tail"
+    blob = compress(data)
+    lengths = _frames(blob)
+    ends: list[tuple[int, int]] = []
+    out = bytearray()
+    dec = StreamDecompressor(len(data), out.extend, frame_end=lambda c, p: ends.append((c, p)))
+    for i in range(0, len(blob), 100_000):
+        dec.feed(blob[i : i + 100_000])
+    assert bytes(out) == data
+    assert ends == [(sum(lengths[: i + 1]), min((i + 1) * FRAME_SIZE, len(data))) for i in range(4)]
+    # Taking over at the end of the second frame yields the rest of the content.
+    c, p = ends[1]
+    rest = bytearray()
+    later = StreamDecompressor(len(data), rest.extend, frame_end=lambda *_: None, start=(c, p))
+    later.feed(blob[c:])
+    assert bytes(rest) == data[p:]
+    assert (later.compressed_size, later.raw_size) == (len(blob), len(data))
 
 
 @pytest.fixture

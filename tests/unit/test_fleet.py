@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from shared.codec import compress
+from shared.codec import FRAME_SIZE, compress
 from shared.digest import sha256_digest
 from shared.envelope import sign_envelope
 from shared.errors import (
@@ -948,3 +948,65 @@ def test_blob_fed_the_wrong_way_is_a_bug() -> None:
         BlobVerifier(entry, output=lambda _: None).feed(packed)
     with pytest.raises(RuntimeError, match="use feed"):
         BlobVerifier(entry).unpack(packed)
+
+
+def _multi_frame_blob() -> tuple[FileEntry, bytes, bytes, list[tuple[int, int]]]:
+    """A blob of three frames, and the frame ends a verifier reports while unpacking it."""
+    data = os.urandom(1000) + bytes(range(256)) * (FRAME_SIZE * 5 // 2 // 256)
+    entry, packed = _blob(data)
+    ends: list[tuple[int, int]] = []
+    out = bytearray()
+    verifier = BlobVerifier(entry, output=out.extend, frame_end=lambda c, p: ends.append((c, p)))
+    for i in range(0, len(packed), MIB):
+        verifier.unpack(packed[i : i + MIB])
+    verifier.hash_plain(bytes(out))
+    verifier.finish()
+    return entry, packed, data, ends
+
+
+def test_blob_frame_ends_are_reported_in_order() -> None:
+    entry, _, data, ends = _multi_frame_blob()
+    assert [p for _, p in ends] == [FRAME_SIZE, 2 * FRAME_SIZE, len(data)]
+    assert ends[-1][0] == entry.zsize
+    assert ends[0][0] < ends[1][0] < ends[2][0]
+
+
+def _resume(entry: FileEntry, packed: bytes, prefix: bytes, at: tuple[int, int]) -> BlobVerifier:
+    out = bytearray()
+    verifier = BlobVerifier(entry, output=out.extend, resume_at=at)
+    verifier.hash_plain(prefix)
+    verifier.unpack(packed[at[0] :])
+    verifier.hash_plain(bytes(out))
+    return verifier
+
+
+def test_blob_resumed_at_a_frame_end_verifies() -> None:
+    entry, packed, data, ends = _multi_frame_blob()
+    c, p = ends[0]
+    verifier = _resume(entry, packed, data[:p], (c, p))
+    verifier.finish()
+    assert (verifier.compressed_bytes, verifier.raw_bytes) == (entry.zsize, entry.size)
+
+
+def test_blob_resumed_over_a_damaged_prefix_fails_the_digest() -> None:
+    entry, packed, data, ends = _multi_frame_blob()
+    c, p = ends[1]
+    prefix = bytearray(data[:p])
+    prefix[12345] ^= 1  # the staged file changed on disk while the download waited
+    verifier = _resume(entry, packed, bytes(prefix), (c, p))
+    with pytest.raises(DigestMismatchError):
+        verifier.finish()
+
+
+def test_blob_resumed_at_a_point_that_is_no_frame_end_fails() -> None:
+    entry, packed, data, ends = _multi_frame_blob()
+    c, p = ends[0]
+    with pytest.raises((FormatError, LengthError, DigestMismatchError)):
+        verifier = _resume(entry, packed, data[: p - 100], (c - 100, p - 100))
+        verifier.finish()
+
+
+def test_blob_resume_needs_an_output() -> None:
+    entry, _ = _blob(b"abc")
+    with pytest.raises(ValueError, match="need an output"):
+        BlobVerifier(entry, resume_at=(1, 1))
