@@ -6,7 +6,9 @@ Layout under the data directory::
     blobs/sha256/<2 hex>/<64 hex>             uncompressed, verified blobs (read-only;
                                               encrypted with a device key, see below)
     blobs/tmp/                                staged files on their way into the store
-    partial/<64 hex>.zst.part                 resumable downloads of compressed blobs
+    partial/<64 hex>.raw                      a download's output so far, and where it
+    partial/<64 hex>.resume                   can resume (the last frame end on disk)
+    partial/<64 hex>.zst.part                 a download's compressed bytes, until then
     models/<manifest hex>/<file path>         a version's files, hard links to the blobs
 
 Only verified things are written here (the sync shell verifies first). Every
@@ -68,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PART_SUFFIX = ".zst.part"
+_RAW_SUFFIX = ".raw"
+_MARK_SUFFIX = ".resume"
+_PARTIAL_SUFFIXES = (_PART_SUFFIX, _RAW_SUFFIX, _MARK_SUFFIX)
 _KEY_FLEET_STATE = "fleet_state"
 _KEY_CURSOR = "cursor"
 _KEY_LAST_CONTACT = "last_contact"
@@ -465,6 +470,11 @@ class Cache:
         """Where a partial download of the compressed blob ``digest`` lives."""
         return self.data_dir / "partial" / f"{parse_digest(digest)}{_PART_SUFFIX}"
 
+    def resume_paths(self, digest: str) -> tuple[Path, Path]:
+        """Where a resumable download of ``digest`` keeps its output, and its resume mark."""
+        base = self.data_dir / "partial" / parse_digest(digest)
+        return base.with_name(base.name + _RAW_SUFFIX), base.with_name(base.name + _MARK_SUFFIX)
+
     def staging_path(self, digest: str) -> Path:
         """A fresh path for a staged file, on the blob store's file system."""
         name = f"{parse_digest(digest)}.{secrets.token_hex(8)}.raw"
@@ -843,17 +853,21 @@ def _reconcile_files(
                 continue
             found.add(digest)
     report.missing_or_corrupt = sorted(set(blobs) - found)
+    kept: set[str] = set()
     for path in _listdir(data_dir / "partial"):
-        name = path.name.removesuffix(_PART_SUFFIX)
+        name, _, suffix = path.name.partition(".")
         if (
             keys is None
-            and path.name.endswith(_PART_SUFFIX)
+            and f".{suffix}" in _PARTIAL_SUFFIXES
             and _HEX64.fullmatch(name)
+            and f"sha256:{name}" not in found  # a blob stored since needs none
             and path.is_file()
+            and not path.is_symlink()
         ):
-            report.partials_kept.append(f"sha256:{name}")
+            kept.add(f"sha256:{name}")
         else:
             orphan(path)
+    report.partials_kept = sorted(kept)
     for path in _listdir(data_dir / "models"):
         digest = f"sha256:{path.name}"
         files = manifests.get(digest)

@@ -43,10 +43,17 @@ _PART_CACHE = 8 << 20  # part file bytes left in the page cache before they are 
 class DownloadSink(Protocol):
     """Takes the bytes of a download as the part file receives them (e.g. a verifier).
 
-    It is given every byte of the part file from byte 0, in order: first what the
-    part file held already, then what arrives. Its methods run on the event loop
-    and may return before the bytes are processed, to overlap the network.
+    It is given every byte of the download from byte 0 (or from the ``start`` it
+    resumes at), in order: first what the part file held already, then what arrives.
+    Its methods run on the event loop and may return before the bytes are processed,
+    to overlap the network.
+
+    ``part_wanted`` tells whether the part file still needs the bytes: a sink that
+    can resume by itself from a later point says no once it can, and the part file
+    stops growing (it still holds a valid prefix of the download).
     """
+
+    part_wanted: bool
 
     async def write(self, chunks: list[bytes]) -> None:
         """Take the next bytes."""
@@ -134,8 +141,14 @@ class Fetcher:
         etag: str | None = None,
         progress: ProgressCallback | None = None,
         sink: DownloadSink | None = None,
+        start: int = 0,
     ) -> None:
         """Download at most ``max_length`` bytes into ``part``, resuming what it holds.
+
+        With ``start``, the ``sink`` holds the first ``start`` bytes already (it resumes
+        from a point of its own): the download goes on from there and the part file is
+        neither read nor written; nor is it when the sink wants no part file from the
+        start.
 
         A part file of ``n`` bytes (``0 < n < max_length``) is resumed with
         ``Range: bytes=n-`` (and ``If-Range: <etag>`` when given): a 206 answer
@@ -156,16 +169,23 @@ class Fetcher:
             DownloadError: The connection failed, timed out, or the answer's
                 ``Content-Range`` does not start where the part file ends.
         """
-        have = await asyncio.to_thread(_file_size, part)
-        if have > max_length:
-            logger.warning("Part file %s holds more than %d bytes; restarting", part, max_length)
-            have = 0
-        if sink is not None and have > 0:
-            await _replay(part, have, sink)
+        if start > 0 and (sink is None or start > max_length):
+            raise ValueError("a download starts past byte 0 only into a sink, within bounds")
+        if start > 0 or (sink is not None and not sink.part_wanted):
+            have, keep = start, None
+        else:
+            have, keep = await asyncio.to_thread(_file_size, part), part
+            if have > max_length:
+                logger.warning(
+                    "Part file %s holds more than %d bytes; restarting", part, max_length
+                )
+                have = 0
+            if sink is not None and have > 0:
+                await _replay(part, have, sink)
         if have == max_length and have > 0:
-            logger.debug("Part file %s already holds all %d bytes", part, max_length)
+            logger.debug("Download %s already holds all %d bytes", path_url, max_length)
             return
-        target = _Target(part, sink, progress)
+        target = _Target(keep, sink, progress)
         try:
             try:
                 await self._download(path_url, target, max_length, have, etag)
@@ -178,7 +198,8 @@ class Fetcher:
                     await sink.reset()
                 await self._download(path_url, target, max_length, 0, etag)
         except (LengthError, _RestartError) as e:
-            await asyncio.to_thread(_unlink, part)
+            if keep is not None:
+                await asyncio.to_thread(_unlink, part)
             if isinstance(e, _RestartError):
                 raise DownloadError(str(e)) from e
             raise
@@ -223,16 +244,19 @@ class Fetcher:
                     f"expected at most {limit} more bytes, the server announces "
                     f"{resp.content_length}"
                 )
-            writer = _PartWriter(await asyncio.to_thread(_open_part, target.part, have > 0))
+            writer = None
+            if target.part is not None:
+                writer = _PartWriter(await asyncio.to_thread(_open_part, target.part, have > 0))
             try:
                 await self._copy(resp, writer, target, have, max_length)
             finally:
-                await writer.close()
+                if writer is not None:
+                    await writer.close()
 
     async def _copy(
         self,
         resp: aiohttp.ClientResponse,
-        writer: _PartWriter,
+        writer: _PartWriter | None,
         target: _Target,
         have: int,
         max_length: int,
@@ -254,8 +278,9 @@ class Fetcher:
                     target.progress(total, max_length)
         finally:
             # Keep what arrived, so that a transport failure can resume from it.
-            await writer.write(batch)
-        await writer.flush()
+            await target.keep(writer, batch)
+        if writer is not None:
+            await writer.flush()
         if target.sink is not None and batch:
             await target.sink.write(batch)
 
@@ -295,19 +320,25 @@ class _RestartError(Exception):
 
 
 class _Target:
-    """Where a download's bytes go: the part file, the sink and the progress callback."""
+    """Where a download's bytes go: the part file (if kept), the sink and the progress
+    callback."""
 
     def __init__(
-        self, part: Path, sink: DownloadSink | None, progress: ProgressCallback | None
+        self, part: Path | None, sink: DownloadSink | None, progress: ProgressCallback | None
     ) -> None:
         self.part = part
         self.sink = sink
         self.progress = progress
 
-    async def take(self, writer: _PartWriter, batch: list[bytes]) -> None:
-        await writer.write(batch)
+    async def take(self, writer: _PartWriter | None, batch: list[bytes]) -> None:
+        await self.keep(writer, batch)
         if self.sink is not None:
             await self.sink.write(batch)
+
+    async def keep(self, writer: _PartWriter | None, batch: list[bytes]) -> None:
+        """Append ``batch`` to the part file, while it still needs the bytes."""
+        if writer is not None and (self.sink is None or self.sink.part_wanted):
+            await writer.write(batch)
 
 
 class _PartWriter:

@@ -837,7 +837,17 @@ class AgentProcess:
         return [float(v) for v in output["data"]]
 
     def partial_files(self) -> list[Path]:
-        return sorted((self.data_dir / "partial").glob("*.part"))
+        """What partial downloads left: output so far, resume marks, compressed bytes."""
+        return sorted((self.data_dir / "partial").glob("*"))
+
+    def resume_mark(self, digest: str) -> dict[str, Any] | None:
+        """The frame end a partial download of ``digest`` would resume from, if any."""
+        mark = self.data_dir / "partial" / f"{parse_digest(digest)}.resume"
+        try:
+            doc: dict[str, Any] = json.loads(mark.read_text())
+        except FileNotFoundError:
+            return None
+        return doc
 
     def blob_file(self, digest: str) -> Path:
         hexd = parse_digest(digest)

@@ -286,6 +286,14 @@ async def test_reconcile_repairs_files_and_rows(cache: Cache) -> None:
     part = cache.partial_path(orphan_entry.digest)
     part.write_bytes(b"partial bytes")
     os.utime(part, (1_000_000, 1_000_000))
+    output, mark = cache.resume_paths(orphan_entry.digest)
+    output.write_bytes(b"output so far")
+    mark.write_text("{}")
+    half_written_mark = mark.with_name(mark.name + ".tmp")
+    half_written_mark.write_text("{")
+    # ...but not those of a blob stored since
+    stored_part = cache.partial_path(good.digest)
+    stored_part.write_bytes(b"old partial bytes")
 
     report = await cache.reconcile()
 
@@ -304,6 +312,9 @@ async def test_reconcile_repairs_files_and_rows(cache: Cache) -> None:
     assert not broken_dir.exists()
     assert report.model_dirs_removed == sorted([broken, "sha256:" + "e" * 64])
     assert part.read_bytes() == b"partial bytes"
+    assert output.read_bytes() == b"output so far" and mark.exists()
+    assert not half_written_mark.exists()
+    assert not stored_part.exists()
     assert report.partials_kept == [orphan_entry.digest]
     removed = set(report.orphans_removed)
     assert str(orphan.relative_to(data)) in removed

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from edge_agent.cache import Cache
 from edge_agent.downloads import fetch_blob, import_blob
 from edge_agent.fetcher import Fetcher
+from shared._zstdframe import FrameWalker
+from shared.codec import FRAME_SIZE
 from shared.errors import (
     DigestMismatchError,
     DownloadError,
@@ -297,6 +300,151 @@ async def test_encrypted_cache_stores_a_fetched_blob_encrypted_and_keeps_no_part
         assert is_encrypted(cache.blob_path(entry.digest).read_bytes())
         assert await cache.read_blob(entry.digest) == raw_of(entry, 24)
         assert [r["range"] for r in server.log] == [None, None]
+        assert leftovers(cache) == []
+    finally:
+        await cache.close()
+
+
+# Blobs of several frames resume from the last frame end on disk.
+
+FRAMES = 3 * FRAME_SIZE + 3_000_000  # four frames
+
+
+def frame_ends(packed: bytes) -> list[int]:
+    """The compressed offset at which each frame of ``packed`` ends."""
+    walker, ends, offset = FrameWalker(), [], 0
+    for piece in walker.split(packed):
+        offset += len(piece.data)
+        if piece.ends_frame:
+            ends.append(offset)
+    return ends
+
+
+def resume_mark(cache: Cache, entry: FileEntry) -> dict[str, Any]:
+    _, mark = cache.resume_paths(entry.digest)
+    doc: dict[str, Any] = json.loads(mark.read_text())
+    return doc
+
+
+async def cut_download(
+    client: Fetcher, server: BlobServer, cache: Cache, entry: FileEntry, packed: bytes
+) -> dict[str, Any]:
+    """Cut the download a little before its end; returns the resume mark it left."""
+    server.add(entry, packed)
+    server.cut_after = entry.zsize - 1_000_000
+    with pytest.raises(DownloadError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    return resume_mark(cache, entry)
+
+
+async def test_a_cut_download_resumes_at_the_last_frame_end_on_disk(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(FRAMES, 41)
+    mark = await cut_download(client, server, cache, entry, packed)
+    assert mark["zdigest"] == entry.zdigest
+    assert mark["compressed"] in frame_ends(packed)[:-1]
+    assert mark["plain"] in (FRAME_SIZE, 2 * FRAME_SIZE, 3 * FRAME_SIZE)
+    staged, _ = cache.resume_paths(entry.digest)
+    assert staged.read_bytes()[: mark["plain"]] == raw_of(entry, 41)[: mark["plain"]]
+    # The compressed bytes went to the part file only until a frame end was on disk.
+    assert cache.partial_path(entry.digest).stat().st_size < entry.zsize - 1_000_000
+
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 41)
+    resumed = server.log[1]
+    assert (resumed["range"], resumed["if_range"]) == (
+        f"bytes={mark['compressed']}-",
+        server.etags[entry.digest],
+    )
+    assert leftovers(cache) == []
+
+
+async def test_a_staged_file_damaged_between_attempts_fails_then_is_fetched_whole(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(FRAMES, 42)
+    mark = await cut_download(client, server, cache, entry, packed)
+    staged, _ = cache.resume_paths(entry.digest)
+    with staged.open("r+b") as f:  # one bit, in what the next attempt keeps
+        f.seek(mark["plain"] // 2)
+        byte = f.read(1)[0]
+        f.seek(mark["plain"] // 2)
+        f.write(bytes([byte ^ 1]))
+    with pytest.raises(DigestMismatchError):
+        await fetch_blob(client, cache, entry)
+    await assert_not_cached(cache, entry)
+    assert leftovers(cache) == []
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 42)
+    assert [r["range"] for r in server.log] == [
+        None,
+        f"bytes={mark['compressed']}-",
+        None,
+    ]
+
+
+async def test_a_resume_mark_off_a_frame_end_fails_then_the_blob_is_fetched_whole(
+    client: Fetcher, server: BlobServer, cache: Cache
+) -> None:
+    entry, packed = make_blob(FRAMES, 43)
+    mark = await cut_download(client, server, cache, entry, packed)
+    _, path = cache.resume_paths(entry.digest)
+    path.write_text(
+        json.dumps({**mark, "compressed": mark["compressed"] - 100, "plain": mark["plain"] - 100})
+    )
+    with pytest.raises(RepositoryError):
+        await fetch_blob(client, cache, entry)
+    assert leftovers(cache) == []
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 43)
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        b"not json",
+        b'{"zdigest": "sha256:00", "compressed": 1, "plain": 1}',  # another compressed form
+        b'{"zdigest": "ZD", "compressed": 0, "plain": 0}',
+        b'{"zdigest": "ZD", "compressed": 99999999999, "plain": 1}',  # past the blob
+        b'{"zdigest": "ZD", "compressed": 1000, "plain": 99999999999}',  # past the staged file
+        b'{"zdigest": "ZD", "compressed": "1000", "plain": 1000}',
+    ],
+    ids=["garbage", "other-form", "zero", "past-zsize", "past-staged", "string"],
+)
+async def test_a_resume_mark_that_does_not_fit_is_ignored(
+    client: Fetcher, server: BlobServer, cache: Cache, mark: bytes
+) -> None:
+    entry, packed = make_blob(FRAMES, 44)
+    server.add(entry, packed)
+    staged, path = cache.resume_paths(entry.digest)
+    staged.write_bytes(raw_of(entry, 44)[:FRAME_SIZE])
+    path.write_bytes(mark.replace(b"ZD", entry.zdigest.encode()))
+    await fetch_blob(client, cache, entry)
+    assert cache.blob_path(entry.digest).read_bytes() == raw_of(entry, 44)
+    assert [r["range"] for r in server.log] == [None]  # started over, from byte 0
+    assert leftovers(cache) == []
+
+
+async def test_an_encrypted_cache_writes_no_compressed_bytes_to_disk(
+    client: Fetcher, server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(FRAMES, 45)
+    server.add(entry, packed)
+    cache = await Cache.open(tmp_path / "enc", budget_bytes=1 << 30, device_key=new_key())
+    try:
+        server.stall_after = entry.zsize // 2
+        fetching = asyncio.create_task(fetch_blob(client, cache, entry))
+        for _ in range(200):  # bounded: 10 s
+            if server.log:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # half the blob arrives and is written
+        assert list((cache.data_dir / "partial").iterdir()) == []
+        server.release.set()
+        with pytest.raises(DownloadError):
+            await fetching
         assert leftovers(cache) == []
     finally:
         await cache.close()

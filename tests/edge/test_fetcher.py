@@ -422,13 +422,17 @@ async def test_an_overlong_part_file_is_restarted(
 class RecordingSink:
     """A DownloadSink that keeps what it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, part_wanted_until: int | None = None) -> None:
         self.data = bytearray()
         self.resets = 0
+        self.part_wanted = True
+        self._until = part_wanted_until
 
     async def write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
             self.data += chunk
+        if self._until is not None and len(self.data) >= self._until:
+            self.part_wanted = False
 
     async def reset(self) -> None:
         self.data.clear()
@@ -498,3 +502,35 @@ async def test_a_sink_error_stops_the_download_and_is_raised_as_it_is(
             f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=Refusing()
         )
     assert len(part.read_bytes()) < entry.zsize
+
+
+async def test_the_part_file_stops_growing_once_the_sink_can_resume_by_itself(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(6_000_000, 34)  # several batches
+    blob_server.add(entry, packed)
+    part = tmp_path / "b.zst.part"
+    sink = RecordingSink(part_wanted_until=2_000_000)
+    await fetcher.download_to(
+        f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=sink
+    )
+    assert bytes(sink.data) == packed
+    kept = part.read_bytes()
+    assert 2_000_000 <= len(kept) < entry.zsize
+    assert kept == packed[: len(kept)]  # still a prefix a later attempt could resume from
+
+
+async def test_a_download_started_past_byte_zero_asks_only_for_the_rest(
+    fetcher: Fetcher, blob_server: BlobServer, tmp_path: Path
+) -> None:
+    entry, packed = make_blob(3_000_000, 35)
+    blob_server.add(entry, packed)
+    part = tmp_path / "b.zst.part"
+    part.write_bytes(b"stale bytes of an earlier attempt")
+    sink = RecordingSink()
+    await fetcher.download_to(
+        f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=sink, start=1_000_000
+    )
+    assert bytes(sink.data) == packed[1_000_000:]
+    assert [r["range"] for r in blob_requests(blob_server)] == ["bytes=1000000-"]
+    assert part.read_bytes() == b"stale bytes of an earlier attempt"  # neither read nor written

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from shared.codec import FRAME_SIZE
 from shared.digest import parse_digest
 from shared.errors import RepositoryError
 from shared.fleet import BlobVerifier
@@ -285,7 +286,7 @@ async def test_sigkill_mid_download_resumes_with_range(
     agent, _ = await serving_v1(sim, agents, request_timeout_seconds=30.0)
     entry = sim.publish(MODEL, V2, large_model(2.0)).entry()
     blob_path = f"/api/v1/blobs/{entry.digest}"
-    sim.faults = Faults(stall_after=8 * 1024 * 1024, only=blob_path)
+    sim.faults = Faults(stall_after=20 * 1024 * 1024, only=blob_path)
     sim.assign(MODEL, V2)
 
     await wait_for(
@@ -294,15 +295,16 @@ async def test_sigkill_mid_download_resumes_with_range(
         timeout=20.0,
     )
     await wait_for(
-        lambda: sum(p.stat().st_size for p in agent.partial_files()) >= 4 * 1024 * 1024,
-        "the part file to hold flushed bytes",
+        lambda: (agent.resume_mark(entry.digest) or {}).get("plain", 0) >= 2 * FRAME_SIZE,
+        "two frames of output on disk, and the mark to resume from",
     )
     assert serving(await agent.status(), MODEL) == V1
     assert await agent.infer(MODEL) == V1_OUT  # serving is not held up by the download
 
     agent.kill()
-    (part,) = agent.partial_files()
-    have = part.stat().st_size
+    mark = agent.resume_mark(entry.digest)
+    assert mark is not None
+    have = mark["compressed"]
     assert 0 < have < entry.zsize
     seen = len(sim.requests)
     sim.faults = Faults()
