@@ -133,7 +133,7 @@ async def raw_pipeline(
     """Seconds to GET the blob (and, if ``verify``, zstd-decompress and SHA-256 it)."""
     headers = {"Authorization": f"Bearer {token}"}
     hasher = hashlib.sha256()
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    decompressor = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     start = time.perf_counter()
     async with session.get(f"{url}/api/v1/blobs/{digest}", headers=headers, timeout=timeout) as r:

@@ -10,9 +10,9 @@ A download resumes where it stopped. Blobs are sequences of independent zstd
 frames: as each frame's output is written to the staged file and on disk, the
 offsets of its end are recorded beside it, and a resumed download truncates the
 staged file there, hashes what it keeps and asks central for the compressed bytes
-from that frame's end on (``Range``). Until the first frame ends, and for a blob of
-one frame, the compressed bytes also go to a part file, which a resumed download
-replays instead. Nothing a partial download left is trusted: the verifier's checks
+from that frame's end on (``Range``). A blob of one frame (as earlier versions wrote
+them) has no such point: its compressed bytes go to a part file, which a resumed
+download replays instead. Nothing a partial download left is trusted: the verifier's checks
 cover the whole blob whatever was resumed.
 
 A verification failure leaves nothing behind: the partial download and the
@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
+import zstandard
+
 from edge_agent._worker import SerialWorker
 from edge_agent.cache import Cache
 from edge_agent.fetcher import Fetcher, ProgressCallback
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _SYNC_EVERY = 4 << 20  # staged bytes written between two fdatasync calls
+_HEADER_MAX = 18  # bytes of a zstd frame header, at most
 
 
 async def fetch_blob(
@@ -248,6 +251,7 @@ class _StagedBlob:
         # The part file is needed until a frame end is recorded; never when nothing is
         # kept for resuming.
         self.part_wanted = self._mark is not None and not resumed
+        self._seen_header = False
         self._writer = None
         if self._data_key is not None:
             self._writer = SegmentWriter(self._out, key=self._data_key, digest=self._entry.digest)
@@ -264,6 +268,14 @@ class _StagedBlob:
             offset += len(data)
 
     async def write(self, chunks: list[bytes]) -> None:
+        if self.part_wanted and self.resume_at == (0, 0) and not self._seen_header:
+            self._seen_header = True
+            # A first frame holding less than the blob means frames to resume from: the
+            # part file would only ever cover the first, which is quicker to fetch again.
+            with contextlib.suppress(zstandard.ZstdError):
+                first = zstandard.frame_content_size(chunks[0][:_HEADER_MAX])
+                if 0 <= first < self._entry.size:
+                    self.part_wanted = False
         await self._unpacking.submit(self._unpack, chunks)
 
     async def reset(self) -> None:

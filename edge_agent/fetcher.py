@@ -244,9 +244,7 @@ class Fetcher:
                     f"expected at most {limit} more bytes, the server announces "
                     f"{resp.content_length}"
                 )
-            writer = None
-            if target.part is not None:
-                writer = _PartWriter(await asyncio.to_thread(_open_part, target.part, have > 0))
+            writer = None if target.part is None else _PartWriter(target.part, have > 0)
             try:
                 await self._copy(resp, writer, target, have, max_length)
             finally:
@@ -331,9 +329,9 @@ class _Target:
         self.progress = progress
 
     async def take(self, writer: _PartWriter | None, batch: list[bytes]) -> None:
-        await self.keep(writer, batch)
-        if self.sink is not None:
+        if self.sink is not None:  # first: what it is given may tell the part file is useless
             await self.sink.write(batch)
+        await self.keep(writer, batch)
 
     async def keep(self, writer: _PartWriter | None, batch: list[bytes]) -> None:
         """Append ``batch`` to the part file, while it still needs the bytes."""
@@ -342,21 +340,30 @@ class _Target:
 
 
 class _PartWriter:
-    """Appends batches to the part file in a worker thread while the loop receives more."""
+    """Appends batches to the part file in a worker thread while the loop receives more.
 
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
+    The file is opened (or created, or emptied) by the first batch: a download whose
+    sink wants no part file leaves none.
+    """
+
+    def __init__(self, part: Path, append: bool) -> None:
+        self._part = part
+        self._append_to = append
+        self._f: BinaryIO | None = None
         self._worker = SerialWorker("blob-part")
         self._unadvised = 0  # bytes appended since the last advice
         # File offsets at the last two pieces of advice: dirty pages from before the
         # last are clean by the next, so each covers from the one before the last.
-        self._advised = (f.tell(), f.tell())
+        self._advised = (0, 0)
 
     async def write(self, batch: list[bytes]) -> None:
         if batch:
             await self._worker.submit(self._append, batch)
 
     def _append(self, batch: list[bytes]) -> None:
+        if self._f is None:
+            self._f = _open_part(self._part, self._append_to)
+            self._advised = (self._f.tell(), self._f.tell())
         self._f.writelines(batch)
         self._unadvised += sum(map(len, batch))
         if self._unadvised >= _PART_CACHE and hasattr(os, "posix_fadvise"):
@@ -372,11 +379,13 @@ class _PartWriter:
     async def flush(self) -> None:
         """Wait until every batch is written; raise what failed."""
         await self._worker.wait()
-        await asyncio.to_thread(self._f.flush)
+        if self._f is not None:
+            await asyncio.to_thread(self._f.flush)
 
     async def close(self) -> None:
         await self._worker.close()
-        await asyncio.to_thread(self._f.close)
+        if self._f is not None:
+            await asyncio.to_thread(self._f.close)
 
 
 def _open_part(part: Path, append: bool) -> BinaryIO:

@@ -501,7 +501,7 @@ async def test_a_sink_error_stops_the_download_and_is_raised_as_it_is(
         await fetcher.download_to(
             f"/api/v1/blobs/{entry.digest}", part, max_length=entry.zsize, sink=Refusing()
         )
-    assert len(part.read_bytes()) < entry.zsize
+    assert (part.stat().st_size if part.exists() else 0) < entry.zsize
 
 
 async def test_the_part_file_stops_growing_once_the_sink_can_resume_by_itself(
@@ -516,7 +516,7 @@ async def test_the_part_file_stops_growing_once_the_sink_can_resume_by_itself(
     )
     assert bytes(sink.data) == packed
     kept = part.read_bytes()
-    assert 2_000_000 <= len(kept) < entry.zsize
+    assert 0 < len(kept) < 2_000_000  # not a batch after the one that made the sink say so
     assert kept == packed[: len(kept)]  # still a prefix a later attempt could resume from
 
 

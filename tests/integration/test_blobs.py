@@ -28,7 +28,11 @@ def small_central(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralP
 
 def _decompress(frame: bytes) -> bytes:
     # stream_reader also handles frames that do not record their content size
-    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read()
+    return (
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(frame), read_across_frames=True)
+        .read()
+    )
 
 
 def _blob_path(digest: str) -> str:
