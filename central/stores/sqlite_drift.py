@@ -9,14 +9,17 @@ class DriftReads(SqlBase):
     async def telemetry_since(self, after_id: int) -> tuple[list[tuple[str, str, str]], int]:
         """The (model, version, fleet) with telemetry windows stored after row ``after_id``,
         and the last row id."""
+        # The last id first, and only rows up to it: a window committed between the two
+        # reads is left for the next call, not skipped.
+        row = await self._one("SELECT coalesce(max(id), 0) AS last FROM telemetry")
+        last = int(row["last"]) if row is not None else after_id
         rows = await self._all(
-            "SELECT DISTINCT model, version, fleet FROM telemetry WHERE id > ?"
+            "SELECT DISTINCT model, version, fleet FROM telemetry WHERE id > ? AND id <= ?"
             " ORDER BY model, version, fleet",
-            (after_id,),
+            (after_id, last),
         )
-        last = await self._one("SELECT coalesce(max(id), 0) AS last FROM telemetry")
         found = [(r["model"], r["version"], r["fleet"]) for r in rows]
-        return found, int(last["last"]) if last is not None else after_id
+        return found, max(last, after_id)
 
     async def drift_levels(self, model: str, version: str, fleet: str) -> dict[str, str]:
         """The last level of each feature of a version in a fleet."""
