@@ -86,29 +86,37 @@ class StreamCompressor:
 
     def __init__(self, level: int = DEFAULT_LEVEL) -> None:
         self._cctx = _compressor(level)
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._frames = 0
         self.raw_size = 0
 
     def compress(self, chunk: bytes) -> bytes:
         """Feed uncompressed bytes; return the frames they complete."""
         self.raw_size += len(chunk)
-        self._pending += chunk
-        out = []
-        while len(self._pending) >= FRAME_SIZE:
-            out.append(self._frame(bytes(self._pending[:FRAME_SIZE])))
-            del self._pending[:FRAME_SIZE]
-        return b"".join(out)
+        if not chunk:
+            return b""
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size < FRAME_SIZE:
+            return b""
+        data = b"".join(self._pending)
+        view = memoryview(data)
+        whole = len(data) - len(data) % FRAME_SIZE
+        out = b"".join(self._frame(view[i : i + FRAME_SIZE]) for i in range(0, whole, FRAME_SIZE))
+        rest = bytes(view[whole:])
+        self._pending, self._pending_size = ([rest] if rest else []), len(rest)
+        return out
 
     def flush(self) -> bytes:
         """Compress what is left into the last frame (an empty stream is one empty frame)."""
-        if not self._pending and self._frames:
+        if not self._pending_size and self._frames:
             return b""
-        data = bytes(self._pending)
-        self._pending.clear()
+        data = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
         return self._frame(data)
 
-    def _frame(self, data: bytes) -> bytes:
+    def _frame(self, data: bytes | memoryview) -> bytes:
         self._frames += 1
         return self._cctx.compress(data)
 
