@@ -16,6 +16,7 @@ before we stop.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +56,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 def compress(data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
     """Compress ``data`` into frames of at most :data:`FRAME_SIZE` bytes (one if smaller)."""
-    cctx = _compressor(level)
-    if len(data) <= FRAME_SIZE:
-        return cctx.compress(data)
-    view = memoryview(data)
-    return b"".join(
-        cctx.compress(view[i : i + FRAME_SIZE]) for i in range(0, len(data), FRAME_SIZE)
-    )
+    comp = StreamCompressor(level)
+    return comp.compress(data) + comp.flush()
 
 
 def decompress(data: bytes, max_size: int) -> bytes:
@@ -80,13 +76,13 @@ def decompress(data: bytes, max_size: int) -> bytes:
 class StreamCompressor:
     """Compress a stream chunk by chunk into frames of :data:`FRAME_SIZE` bytes each.
 
-    Holds at most one frame's worth of input: each frame is compressed whole once its
-    bytes are in, so that it records its content size.
+    Holds at most one frame's worth of input (the chunks as given, not copied): a
+    frame is compressed once all its bytes are in, so that it records its content size.
     """
 
     def __init__(self, level: int = DEFAULT_LEVEL) -> None:
         self._cctx = _compressor(level)
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes | memoryview] = deque()
         self._pending_size = 0
         self._frames = 0
         self.raw_size = 0
@@ -94,31 +90,41 @@ class StreamCompressor:
     def compress(self, chunk: bytes) -> bytes:
         """Feed uncompressed bytes; return the frames they complete."""
         self.raw_size += len(chunk)
-        if not chunk:
-            return b""
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
+        if chunk:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
         if self._pending_size < FRAME_SIZE:
             return b""
-        data = b"".join(self._pending)
-        view = memoryview(data)
-        whole = len(data) - len(data) % FRAME_SIZE
-        out = b"".join(self._frame(view[i : i + FRAME_SIZE]) for i in range(0, whole, FRAME_SIZE))
-        rest = bytes(view[whole:])
-        self._pending, self._pending_size = ([rest] if rest else []), len(rest)
-        return out
+        frame = self._frame(FRAME_SIZE)
+        if self._pending_size < FRAME_SIZE:  # the usual case: no copy
+            return frame
+        frames = [frame]
+        while self._pending_size >= FRAME_SIZE:
+            frames.append(self._frame(FRAME_SIZE))
+        return b"".join(frames)
 
     def flush(self) -> bytes:
         """Compress what is left into the last frame (an empty stream is one empty frame)."""
         if not self._pending_size and self._frames:
             return b""
-        data = b"".join(self._pending)
-        self._pending, self._pending_size = [], 0
-        return self._frame(data)
+        return self._frame(self._pending_size)
 
-    def _frame(self, data: bytes | memoryview) -> bytes:
+    def _frame(self, size: int) -> bytes:
+        """One frame of the next ``size`` pending bytes."""
+        obj = self._cctx.compressobj(size=size)
+        out, need = [], size
+        while need:
+            chunk = self._pending.popleft()
+            if len(chunk) > need:
+                view = memoryview(chunk)
+                chunk = view[:need]
+                self._pending.appendleft(view[need:])
+            out.append(obj.compress(chunk))
+            need -= len(chunk)
+        out.append(obj.flush())
+        self._pending_size -= size
         self._frames += 1
-        return self._cctx.compress(data)
+        return b"".join(out)
 
 
 class BoundedDecompressor:
