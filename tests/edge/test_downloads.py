@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -17,7 +18,6 @@ import pytest
 from edge_agent.cache import Cache
 from edge_agent.downloads import fetch_blob, import_blob
 from edge_agent.fetcher import Fetcher
-from shared._zstdframe import FrameWalker
 from shared.codec import FRAME_SIZE
 from shared.errors import (
     DigestMismatchError,
@@ -30,6 +30,7 @@ from shared.errors import (
 from shared.manifest import FileEntry
 from shared.segments import is_encrypted, new_key
 from tests.edge.test_fetcher import TOKEN, BlobServer, make_blob, running_blob_server
+from tests.unit.test_codec import frame_lengths
 
 
 @pytest.fixture
@@ -312,12 +313,7 @@ FRAMES = 3 * FRAME_SIZE + 3_000_000  # four frames
 
 def frame_ends(packed: bytes) -> list[int]:
     """The compressed offset at which each frame of ``packed`` ends."""
-    walker, ends, offset = FrameWalker(), [], 0
-    for piece in walker.split(packed):
-        offset += len(piece.data)
-        if piece.ends_frame:
-            ends.append(offset)
-    return ends
+    return list(itertools.accumulate(frame_lengths(packed)))
 
 
 def resume_mark(cache: Cache, entry: FileEntry) -> dict[str, Any]:

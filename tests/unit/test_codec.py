@@ -123,7 +123,7 @@ def test_garbage_after_a_frame_is_rejected() -> None:
         decompress(compress(b"abc") + b"trailing garbage", 100)
 
 
-def _frames(data: bytes) -> list[int]:
+def frame_lengths(data: bytes) -> list[int]:
     """The compressed length of each frame in ``data``."""
     walker, lengths, current = FrameWalker(), [], 0
     for piece in walker.split(data):
@@ -138,7 +138,7 @@ def _frames(data: bytes) -> list[int]:
 def test_large_content_is_written_as_frames_of_frame_size() -> None:
     data = os.urandom(1000) + bytes(range(256)) * (FRAME_SIZE * 5 // 2 // 256)
     blob = compress(data)
-    lengths = _frames(blob)
+    lengths = frame_lengths(blob)
     assert len(lengths) == 3
     assert zstandard.frame_content_size(blob) == FRAME_SIZE
     assert zstandard.frame_content_size(blob[sum(lengths[:2]) :]) == len(data) - 2 * FRAME_SIZE
@@ -152,7 +152,7 @@ def test_empty_stream_is_one_empty_frame() -> None:
     comp = StreamCompressor()
     assert comp.compress(b"") == b""
     blob = comp.flush()
-    assert _frames(blob) == [len(blob)]
+    assert frame_lengths(blob) == [len(blob)]
     assert decompress(blob, 0) == b""
 
 
@@ -173,7 +173,7 @@ def test_a_frame_holding_other_than_it_declares_is_refused() -> None:
 def test_stream_decompressor_reports_frame_ends_to_resume_from() -> None:
     data = bytes(range(256)) * (FRAME_SIZE * 3 // 256) + b"tail"
     blob = compress(data)
-    lengths = _frames(blob)
+    lengths = frame_lengths(blob)
     ends: list[tuple[int, int]] = []
     out = bytearray()
     dec = StreamDecompressor(len(data), out.extend, frame_end=lambda c, p: ends.append((c, p)))

@@ -143,7 +143,8 @@ async def test_checkpoints_keep_the_wal_from_growing(
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_COMMITS", 5)
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_SECONDS", 3600.0)
     payload = {"pad": "x" * 20_000}  # a few pages a commit
-    commits = 200
+    commits = 400  # the WAL would hold ~10 MB without checkpoints; a slow fsync may hold
+    # one checkpoint back for a while, so the bound below leaves room for that
     for i in range(commits):
         async with store.transaction() as tx:
             await tx.append_change(f"c{i}", data=payload)
