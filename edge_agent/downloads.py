@@ -12,8 +12,8 @@ offsets of its end are recorded beside it, and a resumed download truncates the
 staged file there, hashes what it keeps and asks central for the compressed bytes
 from that frame's end on (``Range``). A blob of one frame (as earlier versions wrote
 them) has no such point: its compressed bytes go to a part file, which a resumed
-download replays instead. Nothing a partial download left is trusted: the verifier's checks
-cover the whole blob whatever was resumed.
+download replays instead. Nothing a partial download left is trusted: the verifier's
+checks cover the whole blob whatever was resumed.
 
 A verification failure leaves nothing behind: the partial download and the
 staged file are deleted and the ``RepositoryError`` is raised. A transport
@@ -229,6 +229,9 @@ class _StagedBlob:
         if resume_at[1]:
             try:
                 await asyncio.to_thread(sink._hash_kept)
+            except OSError as e:  # what was kept cannot be read back: start over
+                logger.warning("Restarting blob %s from byte 0: %s", entry.digest, e)
+                await sink.reset()
             except BaseException:
                 await sink.close()
                 raise
@@ -268,7 +271,7 @@ class _StagedBlob:
             offset += len(data)
 
     async def write(self, chunks: list[bytes]) -> None:
-        if self.part_wanted and self.resume_at == (0, 0) and not self._seen_header:
+        if self.part_wanted and not self._seen_header:
             self._seen_header = True
             # A first frame holding less than the blob means frames to resume from: the
             # part file would only ever cover the first, which is quicker to fetch again.
@@ -398,12 +401,15 @@ def _read_mark(mark: Path, entry: FileEntry) -> tuple[int, int] | None:
 def _write_mark(mark: Path, entry: FileEntry, point: tuple[int, int]) -> None:
     """Record ``point`` in ``mark``: replaced whole, so a crash leaves the old or the new."""
     doc = {"zdigest": entry.zdigest, "compressed": point[0], "plain": point[1]}
-    tmp = mark.with_name(mark.name + ".tmp")
+    tmp = _mark_tmp(mark)
     tmp.write_bytes(json.dumps(doc).encode())
     os.replace(tmp, mark)
 
 
+def _mark_tmp(mark: Path) -> Path:
+    return mark.with_name(mark.name + ".tmp")
+
+
 def _remove_partial(part: Path, staged: Path, mark: Path | None) -> None:
-    for path in (part, staged, mark, None if mark is None else mark.with_name(mark.name + ".tmp")):
-        if path is not None:
-            path.unlink(missing_ok=True)
+    for path in (part, staged, *(() if mark is None else (mark, _mark_tmp(mark)))):
+        path.unlink(missing_ok=True)
