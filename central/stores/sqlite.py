@@ -45,6 +45,10 @@ _VERSION_COLUMNS = (
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's write lock
 CHECKPOINT_COMMITS = 200  # a WAL checkpoint after this many commits...
 CHECKPOINT_SECONDS = 1.0  # ...or this long after the last one, whichever comes first
+# Under a steady stream of commits the WAL is rewound (with writers held off for a
+# checkpoint's fsyncs) once it holds this much, and cut back to it if a bulk load left
+# it larger: commits write over what the file holds instead of extending it.
+WAL_REWIND_BYTES = 128 << 20
 READER_MMAP_BYTES = 1 << 30  # address space for reads (not memory: the OS pages it in)
 READER_CACHE_KIB = 32 * 1024  # SQLite's own page cache of the reader connection
 T = TypeVar("T")
@@ -588,6 +592,7 @@ class SqliteStore(_Reads):
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._commits_since_checkpoint = 0
         self._last_checkpoint = 0.0
+        self._frame_bytes = 24 + 4096  # a WAL frame: its header and one page
         self._lock = asyncio.Lock()
         self.on_commit: Callable[[], None] | None = None  # told after every commit
 
@@ -595,6 +600,9 @@ class SqliteStore(_Reads):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="skiff-sqlite-writer")
         self._writer = await self._offload(self._open_writer)
         self._checkpointer = await self._connect()
+        async with self._checkpointer.execute("PRAGMA page_size") as cursor:
+            row = await cursor.fetchone()
+        self._frame_bytes = 24 + (int(row[0]) if row is not None else 4096)  # header + page
         super().__init__(ThreadedStatements(await self._connect()))
         self._last_checkpoint = time.monotonic()
 
@@ -610,6 +618,7 @@ class SqliteStore(_Reads):
             conn.execute("PRAGMA busy_timeout = 0")
             # Checkpoints run on the checkpointer's thread, never inside a commit.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_REWIND_BYTES}")
         except BaseException:
             conn.close()
             raise
@@ -718,9 +727,22 @@ class SqliteStore(_Reads):
             self._checkpoint_task = asyncio.create_task(self._checkpoint(self._checkpointer))
 
     async def _checkpoint(self, conn: aiosqlite.Connection) -> None:
+        """Copy the WAL back into the database; rewind it once it holds WAL_REWIND_BYTES.
+
+        SQLite rewinds the WAL only when a write finds every frame copied back. Under a
+        steady stream of commits that never happens, as frames are appended while the
+        checkpoint runs, and every commit extends the file (which costs it more than
+        writing over the file's start) without end. So once the WAL is large, the frames
+        added during the checkpoint are copied with writers held off, and the next
+        commit starts the WAL over.
+        """
         self._commits_since_checkpoint = 0
         try:
-            await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            frames = await _passive_checkpoint(conn)
+            if frames * self._frame_bytes >= WAL_REWIND_BYTES:
+                async with self._lock:
+                    await self._settle()
+                    await _passive_checkpoint(conn)
         except sqlite3.Error as e:  # the next one tries again
             logger.warning("WAL checkpoint failed: %s", e)
         finally:
@@ -755,6 +777,13 @@ class _OffloadedStatements:
     async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         conn, batch = self._conn, list(rows)
         await self._offload(lambda: conn.executemany(sql, batch))
+
+
+async def _passive_checkpoint(conn: aiosqlite.Connection) -> int:
+    """Run a passive checkpoint; returns how many frames the WAL held."""
+    async with conn.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
+        row = await cursor.fetchone()  # (busy, frames in the WAL, frames copied back)
+    return 0 if row is None else int(row[1])
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
