@@ -30,10 +30,10 @@ from central.api.keys import (
     REGISTRY,
     ROLLOUTS,
     SEARCH,
+    SEARCH_INDEX,
     STORE,
     SYNC,
     TELEMETRY,
-    TEXT_INDEX,
     THROTTLE,
     TOKENS,
     WEBHOOK_DELIVERY,
@@ -58,10 +58,10 @@ from central.services.policy import load_policy
 from central.services.registry import RegistryService
 from central.services.rollouts import RolloutService
 from central.services.search import SearchService
+from central.services.searchindex import SearchIndexer
 from central.services.signing import Signer
 from central.services.sync import SyncService
 from central.services.telemetry import TelemetryService
-from central.services.textindex import TextIndexer
 from central.services.tokens import TokenService
 from central.services.webhook_delivery import WebhookDispatcher
 from central.services.webhooks import WebhookService
@@ -154,10 +154,10 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     app[REGISTRY].sensitive_paths = policy.sensitive
     app[COMPLIANCE] = compliance
     app[APPROVALS] = ApprovalService(store, app[REGISTRY], aliases, compliance)
-    text_index = TextIndexer(store)
-    feed.subscribe(text_index.on_change)
-    app[TEXT_INDEX] = text_index
-    app[SEARCH] = SearchService(store, text_index)
+    search_index = SearchIndexer(store)
+    feed.subscribe(search_index.on_change)
+    app[SEARCH_INDEX] = search_index
+    app[SEARCH] = SearchService(store, search_index)
     app[CHANGES] = ChangeService(store)
     app[FLEET_STATES] = states
     app[FLEETS] = FleetService(store, blob_store, states)
@@ -200,7 +200,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             name="audit-checkpoints",
         ),
         asyncio.create_task(app[WEBHOOK_DELIVERY].run(), name="webhook-delivery"),
-        asyncio.create_task(app[TEXT_INDEX].run(), name="text-index"),
+        asyncio.create_task(app[SEARCH_INDEX].run(), name="search-index"),
         asyncio.create_task(
             keep_checking(app[DRIFT], config.drift_check_seconds), name="drift-check"
         ),

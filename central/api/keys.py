@@ -21,9 +21,9 @@ from central.services.keys import KeyService
 from central.services.registry import RegistryService
 from central.services.rollouts import RolloutService
 from central.services.search import SearchService
+from central.services.searchindex import SearchIndexer
 from central.services.sync import SyncService
 from central.services.telemetry import TelemetryService
-from central.services.textindex import TextIndexer
 from central.services.tokens import TokenService
 from central.services.webhook_delivery import WebhookDispatcher
 from central.services.webhooks import WebhookService
@@ -36,7 +36,7 @@ REGISTRY = web.AppKey("registry", RegistryService)
 ALIASES = web.AppKey("aliases", AliasService)
 BLOBS = web.AppKey("blobs", BlobService)
 SEARCH = web.AppKey("search", SearchService)
-TEXT_INDEX = web.AppKey("text_index", TextIndexer)
+SEARCH_INDEX = web.AppKey("search_index", SearchIndexer)
 TOKENS = web.AppKey("tokens", TokenService)
 CHANGES = web.AppKey("changes", ChangeService)
 METRICS = web.AppKey("metrics", MetricsRegistry)

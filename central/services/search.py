@@ -15,7 +15,7 @@ from typing import Any
 
 from central.domain import Actor, Page
 from central.services.permissions import READ, require
-from central.services.textindex import TextIndexer
+from central.services.searchindex import SearchIndexer
 from central.stores.sqlite import SqliteStore
 from shared.errors import InvalidInputError
 
@@ -199,9 +199,9 @@ def _decode(cursor: str) -> tuple[Any, int]:
 class SearchService:
     """Runs version searches with keyset pagination."""
 
-    def __init__(self, store: SqliteStore, text_index: TextIndexer) -> None:
+    def __init__(self, store: SqliteStore, index: SearchIndexer) -> None:
         self._store = store
-        self._text_index = text_index
+        self._index = index
 
     async def search(
         self, actor: Actor, text: str, order_by: str, limit: int, cursor: str | None
@@ -209,8 +209,7 @@ class SearchService:
         require(actor, READ)
         order, order_key = parse_order(order_by)
         clauses = parse_filter(text) if text.strip() else []
-        if any(c.field == "description" for c in clauses):
-            await self._text_index.catch_up()  # so it holds every version committed so far
+        await self._index.catch_up()  # so it holds every version committed so far
         where, params = to_sql(clauses, order_key)
         if actor.models is not None:  # a scoped token finds only the models it may read
             globs = " OR ".join(["name GLOB ?"] * len(actor.models)) or "0"

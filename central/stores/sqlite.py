@@ -127,6 +127,11 @@ class _Reads(
 
     # versions
 
+    async def last_version_id(self) -> int:
+        """The id of the last version registered (0 when there is none)."""
+        row = await self._one("SELECT max(id) FROM versions")
+        return 0 if row is None or row[0] is None else int(row[0])
+
     async def get_version(self, model: str, version: str) -> Version | None:
         rows = await self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
@@ -411,41 +416,46 @@ class Transaction(
             "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
-        if v.tags:
-            await self._many(
-                "INSERT INTO version_tags (version_id, key, value) VALUES (?, ?, ?)",
-                [(version_id, k, val) for k, val in v.tags.items()],
-            )
-        metrics = v.metadata.get("training", {}).get("metrics", {})
-        if metrics:
-            await self._many(
-                "INSERT INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
-                [(version_id, k, float(val)) for k, val in metrics.items()],
-            )
+        # Tags, metrics and description reach the search tables later (index_versions).
         await self._run("UPDATE models SET updated_at = ? WHERE id = ?", (v.created_at, model_id))
         return version_id
 
-    async def index_descriptions(self, limit: int) -> int:
-        """Add the descriptions of the next ``limit`` unindexed versions to the text index.
+    async def index_versions(self, limit: int) -> tuple[int, int]:
+        """Add the next ``limit`` unindexed versions to the search tables: their tags,
+        metrics and description words.
 
-        Returns how many versions it went through (those without a description count).
+        Returns how many versions it went through and the last version id now indexed.
         """
-        row = await self._one("SELECT indexed_through FROM text_index_state WHERE id = 1")
+        row = await self._one("SELECT indexed_through FROM search_index_state WHERE id = 1")
         through = int(row[0]) if row is not None else 0
         rows = await self._all(
-            "SELECT id, description FROM versions WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, description, tags, metadata FROM versions WHERE id > ? ORDER BY id LIMIT ?",
             (through, limit),
         )
         if not rows:
-            return 0
+            return 0, through
+        tags, metrics = [], []
+        for r in rows:
+            tags += [(r[0], k, v) for k, v in json.loads(r[2]).items()]
+            training = json.loads(r[3]).get("training", {})
+            metrics += [(r[0], k, float(v)) for k, v in training.get("metrics", {}).items()]
+        # Versions registered by earlier releases have their tags and metrics already.
+        await self._many(
+            "INSERT OR IGNORE INTO version_tags (version_id, key, value) VALUES (?, ?, ?)", tags
+        )
+        await self._many(
+            "INSERT OR IGNORE INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
+            metrics,
+        )
         await self._many(
             "INSERT INTO version_text (rowid, description) VALUES (?, ?)",
             [(r[0], r[1]) for r in rows if r[1]],
         )
+        through = int(rows[-1][0])
         await self._change(
-            "UPDATE text_index_state SET indexed_through = ? WHERE id = 1", (rows[-1][0],)
+            "UPDATE search_index_state SET indexed_through = ? WHERE id = 1", (through,)
         )
-        return len(rows)
+        return len(rows), through
 
     async def set_stage(self, version_id: int, stage: str) -> None:
         await self._run("UPDATE versions SET stage = ? WHERE id = ?", (stage, version_id))

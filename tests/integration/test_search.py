@@ -283,11 +283,42 @@ def test_description_search_finds_a_version_registered_just_before(
         assert found == [f"{model}@1.0.{j}" for j in range(i, -1, -1)]
 
 
-def test_descriptions_reach_the_text_index_without_a_search(
+def test_tag_and_metric_search_find_a_version_registered_just_before(
+    central_module: CentralProcess,
+) -> None:
+    model, team = unique("tm"), uuid.uuid4().hex[:12]
+    for i in range(3):  # searched at once after each registration: no wait, no retry
+        register(
+            central_module,
+            model,
+            f"1.0.{i}",
+            tags={"team": team},
+            metadata={"training": {"metrics": {"recall": 0.5 + i / 10}}},
+        )
+        newest_first = [f"{model}@1.0.{j}" for j in range(i, -1, -1)]
+        assert _search_ids(central_module, f"tags.team = '{team}'") == newest_first
+        by_metric = f"name = '{model}' and metrics.recall >= 0.5"
+        page = api_ok(
+            central_module,
+            "GET",
+            f"/api/v1/search?filter={quote(by_metric, safe='')}"
+            f"&order_by={quote('metrics.recall desc', safe='')}",
+        )
+        assert [f"{v['model']}@{v['version']}" for v in page["items"]] == newest_first
+
+
+def test_versions_reach_the_search_tables_without_a_search(
     central_module: CentralProcess,
 ) -> None:
     model, word = unique("txt"), uuid.uuid4().hex[:12]
-    register(central_module, model, "1.0.0", description=f"indexed in the background {word}")
+    register(
+        central_module,
+        model,
+        "1.0.0",
+        description=f"indexed in the background {word}",
+        tags={"word": word},
+        metadata={"training": {"metrics": {"auc": 0.75}}},
+    )
     db = sqlite3.connect(f"file:{central_module.data_dir / 'registry.db'}?mode=ro", uri=True)
     try:
         deadline = time.monotonic() + 10
@@ -298,6 +329,15 @@ def test_descriptions_reach_the_text_index_without_a_search(
             if rows or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        tags = db.execute(
+            "SELECT version_id FROM version_tags WHERE key = 'word' AND value = ?", (word,)
+        ).fetchall()
+        metrics = db.execute(
+            "SELECT value FROM version_metrics WHERE version_id = ? AND key = 'auc'",
+            (rows[0][0] if rows else -1,),
+        ).fetchall()
     finally:
         db.close()
     assert len(rows) == 1, "the description was not indexed within 10 s"
+    assert tags == [(rows[0][0],)], "the tag was not indexed with the description"
+    assert metrics == [(0.75,)], "the metric was not indexed with the description"

@@ -4,6 +4,7 @@ cancellation, durability and WAL checkpoints, on a real database file."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -176,3 +177,63 @@ async def test_the_wal_is_rewound_under_a_continuous_writer(
     # run (its fsyncs take a few milliseconds, a few dozen of these commits).
     assert wal < 8_000_000, f"WAL {wal} bytes after {commits} commits of 20 kB"
     assert len(await _kinds(store)) == commits
+
+
+def _add_version_rows(path: Path, version_id: int, *, indexed_tags: bool) -> None:
+    """A version as written directly to the database; ``indexed_tags`` as earlier releases
+    did, writing its tag and metric rows in the registering transaction."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(
+            "INSERT OR IGNORE INTO models (id, name, owner, created_at, updated_at) "
+            "VALUES (1, 'm', 'admin', 't', 't')"
+        )
+        db.execute(
+            "INSERT INTO versions (id, model_id, version, sort_key, branch, format, stage,"
+            " description, owner, tags, metadata, files, manifest, manifest_digest,"
+            " metadata_digest, created_at) VALUES (?, 1, ?, ?, 'main', 'onnx', 'development',"
+            " ?, 'admin', ?, ?, '[]', '{}', 'sha256:x', 'sha256:y', 't')",
+            (
+                version_id,
+                f"1.0.{version_id}",
+                f"{version_id:05d}",
+                f"version number {version_id}",
+                json.dumps({"team": f"t{version_id}"}),
+                json.dumps({"training": {"metrics": {"auc": version_id / 10}}}),
+            ),
+        )
+        if indexed_tags:
+            db.execute(
+                "INSERT INTO version_tags VALUES (?, 'team', ?)", (version_id, f"t{version_id}")
+            )
+            db.execute(
+                "INSERT INTO version_metrics VALUES (?, 'auc', ?)", (version_id, version_id / 10)
+            )
+    finally:
+        db.close()
+
+
+async def test_indexing_keeps_the_tags_earlier_releases_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    _add_version_rows(path, 1, indexed_tags=True)  # before the upgrade
+    _add_version_rows(path, 2, indexed_tags=False)  # after it
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        async with store.transaction(offload=True) as tx:
+            assert await tx.index_versions(500) == (2, 2)
+        async with store.transaction(offload=True) as tx:
+            assert await tx.index_versions(500) == (0, 2)  # nothing left
+        tags = await store._all("SELECT version_id, key, value FROM version_tags ORDER BY 1")
+        metrics = await store._all("SELECT version_id, value FROM version_metrics ORDER BY 1")
+        words = await store._all(
+            "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1"
+        )
+    finally:
+        await store.close()
+    assert [tuple(r) for r in tags] == [(1, "team", "t1"), (2, "team", "t2")]
+    assert [tuple(r) for r in metrics] == [(1, 0.1), (2, 0.2)]
+    assert [r[0] for r in words] == [1, 2]

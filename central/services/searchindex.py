@@ -1,10 +1,12 @@
-"""The full-text index of version descriptions, kept up to date beside the write path.
+"""The search tables of versions (tags, metrics, description words), filled in batches.
 
-Registering a version does not touch the index: an FTS5 insert writes a new index
-segment in every transaction, which cost a registration more than all of its other
-indexes together. The indexer adds the versions registered since its last run in one
-transaction shortly after they commit, by this replica or another, and a search on
-descriptions first brings it up to date, so it sees every version committed before it.
+Registering a version writes only the version: each entry of a search table lands on
+its own B-tree page, and writing those pages one registration at a time cost more
+than the rest of the registration's writes together (an FTS5 insert alone writes a new
+index segment per transaction). The indexer adds the versions registered since its
+last run in one transaction shortly after they commit, by this replica or another,
+and every search first brings it up to date, so it sees every version committed
+before it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ INDEX_DELAY = 0.2  # seconds between a registration and the run that indexes it 
 BATCH = 500  # versions per indexing transaction
 
 
-class TextIndexer:
-    """Adds new versions' descriptions to the full-text index, in batches."""
+class SearchIndexer:
+    """Adds new versions to the search tables, in batches."""
 
     def __init__(self, store: SqliteStore, *, delay: float = INDEX_DELAY) -> None:
         self._store = store
@@ -30,6 +32,7 @@ class TextIndexer:
         self._lock = asyncio.Lock()
         self._pending = asyncio.Event()
         self._pending.set()  # versions left unindexed by a stop are indexed at start
+        self._indexed_through = -1  # the last version id indexed, as far as we know
 
     def on_change(self, change: Change) -> None:
         if change.kind == "version.registered":
@@ -44,16 +47,22 @@ class TextIndexer:
             try:
                 await self.catch_up()
             except Exception:  # the next registration, or search, tries again
-                logger.exception("Indexing version descriptions failed")
+                logger.exception("Indexing versions for search failed")
 
     async def catch_up(self) -> int:
-        """Index every version committed so far; returns how many it went through."""
+        """Index every version committed so far; returns how many it went through.
+
+        Costs one read when there is nothing to index.
+        """
+        if await self._store.last_version_id() <= self._indexed_through:
+            return 0
         async with self._lock:
             total = 0
             while True:
                 # On the writer's thread: a batch of FTS inserts holds it for milliseconds.
                 async with self._store.transaction(offload=True) as tx:
-                    done = await tx.index_descriptions(BATCH)
+                    done, through = await tx.index_versions(BATCH)
                 total += done
+                self._indexed_through = max(self._indexed_through, through)
                 if done < BATCH:
                     return total
