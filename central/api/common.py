@@ -39,13 +39,17 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     _check_json_type(request)
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLargeError(f"JSON body larger than {max_bytes} bytes")
-    data = bytearray()
-    async for chunk in request.content.iter_chunked(65536):
-        data += chunk
-        if len(data) > max_bytes:
-            raise PayloadTooLargeError(f"JSON body larger than {max_bytes} bytes")
+    if request.content_length is not None:  # the parser stops the body at that length
+        data = await request.content.read()
+    else:
+        buffer = bytearray()
+        async for chunk in request.content.iter_chunked(65536):
+            buffer += chunk
+            if len(buffer) > max_bytes:
+                raise PayloadTooLargeError(f"JSON body larger than {max_bytes} bytes")
+        data = bytes(buffer)
     try:
-        value = loads_json(bytes(data), max_bytes=max_bytes)
+        value = loads_json(data, max_bytes=max_bytes)
     except LengthError as e:
         raise PayloadTooLargeError(str(e)) from e
     except FormatError as e:

@@ -202,8 +202,13 @@ class RegistryService:
         prepared = [await self._prepare(r, blobs) for r in requests]
         async with self._store.transaction() as tx:
             out = [await self._insert(tx, actor, p) for p in prepared]
+        # A line per version at debug level only: a registry taking a thousand a second
+        # would exceed journald's default rate limit and lose other lines. The audit log
+        # names every registration; a batch gets one line.
         for v in out:
-            logger.info("Registered %s@%s (%s)", v.model, v.version, v.format)
+            logger.debug("Registered %s@%s (%s)", v.model, v.version, v.format)
+        if len(out) > 1:
+            logger.info("Registered a batch of %d versions", len(out))
         return out
 
     async def _blob_records(self, digests: set[str]) -> dict[str, Blob]:

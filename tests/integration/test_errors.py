@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -207,6 +209,34 @@ def test_json_body_too_large_is_413(errc: CentralProcess) -> None:
     body = {"name": "big", "description": "x" * (JSON_LIMIT * 2)}
     err = _refused(errc, 413, "too_large", "POST", "/api/v1/models", json=body)
     assert str(JSON_LIMIT) in err["message"]
+
+
+@pytest.mark.parametrize("size", [JSON_LIMIT // 2, JSON_LIMIT * 2], ids=["under", "over"])
+def test_chunked_json_body_is_read_up_to_the_limit(errc: CentralProcess, size: int) -> None:
+    """A body sent without Content-Length is counted as it comes."""
+    name = unique("chunked")
+    body = json.dumps({"name": name, "description": "x" * size}).encode()
+    before = _state(errc)
+    conn = http.client.HTTPConnection("127.0.0.1", errc.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/models",
+            body=iter([body[i : i + 512] for i in range(0, len(body), 512)]),
+            headers={"Authorization": f"Bearer {errc.token}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        status, answer = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    if size < JSON_LIMIT:
+        assert status == 201, answer
+        assert answer["name"] == name
+    else:
+        assert status == 413, answer
+        assert str(JSON_LIMIT) in answer["error"]["message"]
+        assert _state(errc) == before
 
 
 @pytest.mark.parametrize(
