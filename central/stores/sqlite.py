@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -745,11 +746,19 @@ class SqliteStore(_Reads):
         writing over the file's start) without end. So once the WAL is large, the frames
         added during the checkpoint are copied with writers held off, and the next
         commit starts the WAL over.
+
+        Only a checkpoint that copies the whole WAL syncs the database file, so that one
+        would flush every page the others copied while it holds writers off. With writers
+        running, the file is synced, what came in meanwhile copied, and synced again:
+        what is left for the last one is a few milliseconds of commits.
         """
         self._commits_since_checkpoint = 0
         try:
             frames = await _passive_checkpoint(conn)
             if frames * self._frame_bytes >= WAL_REWIND_BYTES:
+                await asyncio.to_thread(_flush_file, self.path)
+                await _passive_checkpoint(conn)
+                await asyncio.to_thread(_flush_file, self.path)
                 async with self._lock:
                     await self._settle()
                     await _passive_checkpoint(conn)
@@ -787,6 +796,15 @@ class _OffloadedStatements:
     async def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         conn, batch = self._conn, list(rows)
         await self._offload(lambda: conn.executemany(sql, batch))
+
+
+def _flush_file(path: Path) -> None:
+    """Write the file's dirty pages to disk (what the OS holds for any descriptor)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
+    finally:
+        os.close(fd)
 
 
 async def _passive_checkpoint(conn: aiosqlite.Connection) -> int:
