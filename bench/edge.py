@@ -261,7 +261,10 @@ async def phase_install(
 # (b) inference throughput
 
 
-ROUNDS = 3  # alternated agent and baseline windows per comparison (others share the CPUs)
+# Windows of agent and baseline per comparison, alternated (others share the CPUs) in
+# the order agent, bare, bare, agent, ...: a machine slowing down or speeding up over the
+# phase weighs on both alike.
+ROUNDS = 4
 
 
 async def load_window(
@@ -293,11 +296,10 @@ async def phase_inference(ctx: Context, args: argparse.Namespace, report: Report
     with started(bare_process(ort_model_path(), ctx.work / "bare.log")) as bare:
         for port in (ctx.agent_port, bare.port):
             await load_window(port, path, body, args, ctx.deadline, warm)
-        for _ in range(ROUNDS):
-            agent_runs.append(
-                await load_window(ctx.agent_port, path, body, args, ctx.deadline, window)
-            )
-            bare_runs.append(await load_window(bare.port, path, body, args, ctx.deadline, window))
+        sides = [(ctx.agent_port, agent_runs), (bare.port, bare_runs)]
+        for i in range(ROUNDS):
+            for port, runs in sides if i % 2 == 0 else sides[::-1]:
+                runs.append(await load_window(port, path, body, args, ctx.deadline, window))
     agent, base = merge(agent_runs), merge(bare_runs)
     _check_load("agent inference", agent)
     _check_load("bare inference", base)
