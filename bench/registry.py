@@ -339,6 +339,9 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+REGISTER_ROUTE = "/api/v1/models/{model}/versions"  # its label in central's /metrics
+
+
 async def _register_one(client: Client, body: dict[str, Any]) -> None:
     single = {k: v for k, v in body.items() if k != "model"}
     await client.call("POST", f"/api/v1/models/{body['model']}/versions", _encode(single), (201,))
@@ -374,13 +377,20 @@ async def register_phase(
     figures.append(Figure("register_batch_versions_per_s", batch_rate, "versions/s"))
 
     singles = list(bodies)
+    before = await server_seconds(client, REGISTER_ROUTE, "POST")
     gc.collect()
     start = time.perf_counter()
     for body in singles:
         deadline.check("single registration")
         await _register_one(client, body)
     single_rate = len(singles) / (time.perf_counter() - start)
+    after = await server_seconds(client, REGISTER_ROUTE, "POST")
     figures.append(Figure("register_single_per_s", single_rate, "versions/s"))
+    counted = after[1] - before[1]
+    if counted != len(singles):
+        raise BenchError(f"/metrics counted {counted} registrations, not {len(singles)}")
+    mean = (after[0] - before[0]) / len(singles) * 1000
+    figures.append(Figure("register_single_server_mean_ms", mean, "ms"))
     figures.append(Figure("register_duration_s", time.perf_counter() - phase_start, "s"))
 
 
@@ -446,12 +456,12 @@ ROUTES = {
 }
 
 
-async def server_seconds(client: Client, route: str) -> tuple[float, int]:
-    """Central's own time spent in, and count of, GETs on ``route`` so far (from /metrics)."""
+async def server_seconds(client: Client, route: str, method: str = "GET") -> tuple[float, int]:
+    """Central's own time spent in, and count of, requests on ``route`` so far (/metrics)."""
     total, count = 0.0, 0
     for line in (await client.call("GET", "/metrics")).decode().splitlines():
         name, _, value = line.rpartition(" ")
-        if f'route="{route}"' not in name or 'method="GET"' not in name:
+        if f'route="{route}"' not in name or f'method="{method}"' not in name:
             continue
         if name.startswith("skiff_http_request_seconds_sum{"):
             total = float(value)

@@ -21,6 +21,7 @@ FIGURES = {
     "register_first_ms",
     "register_batch_versions_per_s",
     "register_single_per_s",
+    "register_single_server_mean_ms",
     "register_duration_s",
     "alias_set_per_s",
     *(
