@@ -429,34 +429,39 @@ class Transaction(
         """
         row = await self._one("SELECT indexed_through FROM search_index_state WHERE id = 1")
         through = int(row[0]) if row is not None else 0
-        rows = await self._all(
-            "SELECT id, description, tags, metadata FROM versions WHERE id > ? ORDER BY id LIMIT ?",
+        row = await self._one(
+            "SELECT count(*), max(id) FROM "
+            "(SELECT id FROM versions WHERE id > ? ORDER BY id LIMIT ?)",
             (through, limit),
         )
-        if not rows:
+        if row is None or not row[0]:
             return 0, through
-        tags, metrics = [], []
-        for r in rows:
-            tags += [(r[0], k, v) for k, v in json.loads(r[2]).items()]
-            training = json.loads(r[3]).get("training", {})
-            metrics += [(r[0], k, float(v)) for k, v in training.get("metrics", {}).items()]
-        # Versions registered by earlier releases have their tags and metrics already.
-        await self._many(
-            "INSERT OR IGNORE INTO version_tags (version_id, key, value) VALUES (?, ?, ?)", tags
+        count, last = int(row[0]), int(row[1])
+        span = (through, last)
+        # Read from the stored documents by SQLite itself (JSON1), all on the writer's
+        # thread. Versions registered by earlier releases have their tags and metrics.
+        await self._run(
+            "INSERT OR IGNORE INTO version_tags (version_id, key, value) "
+            "SELECT v.id, t.key, t.value FROM versions v, json_each(v.tags) t "
+            "WHERE v.id > ? AND v.id <= ?",
+            span,
         )
-        await self._many(
-            "INSERT OR IGNORE INTO version_metrics (version_id, key, value) VALUES (?, ?, ?)",
-            metrics,
+        await self._run(
+            "INSERT OR IGNORE INTO version_metrics (version_id, key, value) "
+            "SELECT v.id, m.key, CAST(m.value AS REAL) "
+            "FROM versions v, json_each(v.metadata, '$.training.metrics') m "
+            "WHERE v.id > ? AND v.id <= ?",
+            span,
         )
-        await self._many(
-            "INSERT INTO version_text (rowid, description) VALUES (?, ?)",
-            [(r[0], r[1]) for r in rows if r[1]],
+        await self._run(
+            "INSERT INTO version_text (rowid, description) SELECT id, description "
+            "FROM versions WHERE id > ? AND id <= ? AND description != ''",
+            span,
         )
-        through = int(rows[-1][0])
         await self._change(
-            "UPDATE search_index_state SET indexed_through = ? WHERE id = 1", (through,)
+            "UPDATE search_index_state SET indexed_through = ? WHERE id = 1", (last,)
         )
-        return len(rows), through
+        return count, last
 
     async def set_stage(self, version_id: int, stage: str) -> None:
         await self._run("UPDATE versions SET stage = ? WHERE id = ?", (stage, version_id))
