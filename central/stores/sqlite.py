@@ -767,7 +767,7 @@ class SqliteStore(_Reads):
                 async with self._lock:
                     await self._settle()
                     await _passive_checkpoint(conn)
-        except sqlite3.Error as e:  # the next one tries again
+        except (sqlite3.Error, OSError) as e:  # the next one tries again
             logger.warning("WAL checkpoint failed: %s", e)
         finally:
             self._last_checkpoint = time.monotonic()
