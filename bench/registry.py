@@ -1,9 +1,10 @@
 """Benchmark of a real central: register throughput, read latency and blob transfer rates.
 
 Runs ``skiff central init`` and ``skiff central serve`` as a subprocess in a temporary
-data directory on a free 127.0.0.1 port, drives it over HTTP with one sequential
-keep-alive aiohttp session and prints figures. Timing is reported, never asserted: the
-product bars and the quoted MLflow figures are printed beside each value for reading.
+data directory on a free 127.0.0.1 port, drives it over HTTP with sequential requests on
+one keep-alive connection (stdlib http.client; blobs stream through aiohttp) and prints
+figures. Timing is reported, never asserted: the product bars and the quoted MLflow
+figures are printed beside each value for reading.
 
 Usage (from the repository root)::
 
@@ -229,35 +230,48 @@ def running_central(keep: Path | None) -> Iterator[CentralProcess]:
             central.stop()
 
 
-# HTTP client
+# HTTP clients
 
 
 class Client:
-    """One keep-alive connection to a server; every request is sequential."""
+    """Metadata requests on one keep-alive connection, one at a time (stdlib http.client).
+
+    A sequential client adds its own time to every figure; http.client spends about a
+    third of what an aiohttp request costs the client, so the figures are more central's.
+    """
+
+    def __init__(self, port: int, token: str) -> None:
+        self._conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, expect: Sequence[int] = (200,)
+    ) -> bytes:
+        """Send one request and read the whole answer; raise unless its status is expected."""
+        headers = self._headers if body is None else self._json_headers
+        self._conn.request(method, path, body=body, headers=headers)
+        resp = self._conn.getresponse()
+        data = resp.read()
+        if resp.status not in expect:
+            raise BenchError(f"{method} {path}: got {resp.status}: {data[:500]!r}")
+        return data
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class BlobClient:
+    """Streamed blob transfers on one keep-alive aiohttp connection."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self._session = session
         self._base = base
 
-    async def call(
-        self, method: str, path: str, body: bytes | None = None, expect: Sequence[int] = (200,)
-    ) -> bytes:
-        """Send one request and read the whole answer; raise unless its status is expected."""
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        async with self._session.request(
-            method, self._base + path, data=body, headers=headers
-        ) as resp:
-            data = await resp.read()
-        if resp.status not in expect:
-            raise BenchError(f"{method} {path}: got {resp.status}: {data[:500]!r}")
-        return data
-
     async def upload(self, path: str, payload: bytes) -> float:
         """PUT ``payload`` as the raw body; returns the seconds taken."""
         start = time.perf_counter()
-        async with self._session.put(
-            self._base + path, data=payload, timeout=aiohttp.ClientTimeout(total=BLOB_TIMEOUT)
-        ) as resp:
+        async with self._session.put(self._base + path, data=payload) as resp:
             answer = await resp.read()
         elapsed = time.perf_counter() - start
         if resp.status not in (200, 201):
@@ -268,9 +282,7 @@ class Client:
         """GET ``path``, discarding the body as it streams; returns the seconds taken."""
         start = time.perf_counter()
         received = 0
-        async with self._session.get(
-            self._base + path, timeout=aiohttp.ClientTimeout(total=BLOB_TIMEOUT)
-        ) as resp:
+        async with self._session.get(self._base + path) as resp:
             if resp.status != 200:
                 raise BenchError(f"GET {path}: got {resp.status}")
             async for chunk in resp.content.iter_chunked(CHUNK):
@@ -282,14 +294,14 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(base: str, token: str | None) -> AsyncIterator[Client]:
+async def connect_blobs(base: str, token: str | None) -> AsyncIterator[BlobClient]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     connector = aiohttp.TCPConnector(limit=1)  # one connection, reused by every request
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    timeout = aiohttp.ClientTimeout(total=BLOB_TIMEOUT)
     async with aiohttp.ClientSession(
         connector=connector, headers=headers, timeout=timeout
     ) as session:
-        yield Client(session, base)
+        yield BlobClient(session, base)
 
 
 # register phase
@@ -342,14 +354,12 @@ def _encode(body: dict[str, Any]) -> bytes:
 REGISTER_ROUTE = "/api/v1/models/{model}/versions"  # its label in central's /metrics
 
 
-async def _register_one(client: Client, body: dict[str, Any]) -> None:
+def _register_one(client: Client, body: dict[str, Any]) -> None:
     single = {k: v for k, v in body.items() if k != "model"}
-    await client.call("POST", f"/api/v1/models/{body['model']}/versions", _encode(single), (201,))
+    client.call("POST", f"/api/v1/models/{body['model']}/versions", _encode(single), (201,))
 
 
-async def register_phase(
-    client: Client, plan: Plan, deadline: Deadline, figures: list[Figure]
-) -> None:
+def register_phase(client: Client, plan: Plan, deadline: Deadline, figures: list[Figure]) -> None:
     """Register N versions of one stored ONNX blob: first one, bulk in batches, single sample.
 
     The single-request sample comes last so that it writes into existing models in a
@@ -357,7 +367,7 @@ async def register_phase(
     """
     model = onnx_model_bytes()
     digest = "sha256:" + hashlib.sha256(model).hexdigest()
-    await client.call("PUT", f"/api/v1/blobs/{digest}", model, (200, 201))
+    client.call("PUT", f"/api/v1/blobs/{digest}", model, (200, 201))
     bodies = version_bodies(plan, digest)
     n_single = min(SINGLE_SAMPLE, (plan.versions - 1) // 2)
     n_batch = plan.versions - 1 - n_single
@@ -365,26 +375,26 @@ async def register_phase(
     note(f"registering {plan.versions:,} versions ({n_batch:,} in batches, {n_single:,} singly)")
 
     start = time.perf_counter()
-    await _register_one(client, next(bodies))  # the only one that loads the model in onnxruntime
+    _register_one(client, next(bodies))  # the only one that loads the model in onnxruntime
     figures.append(Figure("register_first_ms", (time.perf_counter() - start) * 1000, "ms"))
 
     start = time.perf_counter()
     for first in range(0, n_batch, BATCH_SIZE):
         deadline.check("batch registration")
         chunk = [next(bodies) for _ in range(min(BATCH_SIZE, n_batch - first))]
-        await client.call("POST", "/api/v1/versions:batch", _encode({"versions": chunk}), (201,))
+        client.call("POST", "/api/v1/versions:batch", _encode({"versions": chunk}), (201,))
     batch_rate = n_batch / (time.perf_counter() - start)
     figures.append(Figure("register_batch_versions_per_s", batch_rate, "versions/s"))
 
     singles = list(bodies)
-    before = await server_seconds(client, REGISTER_ROUTE, "POST")
+    before = server_seconds(client, REGISTER_ROUTE, "POST")
     gc.collect()
     start = time.perf_counter()
     for body in singles:
         deadline.check("single registration")
-        await _register_one(client, body)
+        _register_one(client, body)
     single_rate = len(singles) / (time.perf_counter() - start)
-    after = await server_seconds(client, REGISTER_ROUTE, "POST")
+    after = server_seconds(client, REGISTER_ROUTE, "POST")
     figures.append(Figure("register_single_per_s", single_rate, "versions/s"))
     counted = after[1] - before[1]
     if counted != len(singles):
@@ -394,16 +404,14 @@ async def register_phase(
     figures.append(Figure("register_duration_s", time.perf_counter() - phase_start, "s"))
 
 
-async def set_aliases(
-    client: Client, plan: Plan, deadline: Deadline, figures: list[Figure]
-) -> float:
+def set_aliases(client: Client, plan: Plan, deadline: Deadline, figures: list[Figure]) -> float:
     """Point ``production`` of every model at its latest version; returns when it finished."""
     note(f"setting alias {ALIAS} on {plan.models:,} models")
     start = time.perf_counter()
     for m in range(plan.models):
         deadline.check("setting aliases")
         body = _encode({"version": plan.latest(m)})
-        await client.call("PUT", f"/api/v1/models/{plan.model(m)}/aliases/{ALIAS}", body)
+        client.call("PUT", f"/api/v1/models/{plan.model(m)}/aliases/{ALIAS}", body)
     rate = plan.models / (time.perf_counter() - start)
     figures.append(Figure("alias_set_per_s", rate, "aliases/s"))
     return time.monotonic()
@@ -456,10 +464,10 @@ ROUTES = {
 }
 
 
-async def server_seconds(client: Client, route: str, method: str = "GET") -> tuple[float, int]:
+def server_seconds(client: Client, route: str, method: str = "GET") -> tuple[float, int]:
     """Central's own time spent in, and count of, requests on ``route`` so far (/metrics)."""
     total, count = 0.0, 0
-    for line in (await client.call("GET", "/metrics")).decode().splitlines():
+    for line in client.call("GET", "/metrics").decode().splitlines():
         name, _, value = line.rpartition(" ")
         if f'route="{route}"' not in name or f'method="{method}"' not in name:
             continue
@@ -470,24 +478,24 @@ async def server_seconds(client: Client, route: str, method: str = "GET") -> tup
     return total, count
 
 
-async def time_requests(
+def time_requests(
     client: Client, warmup: list[str], timed: list[str], deadline: Deadline
 ) -> list[float]:
     """Seconds per timed GET, after the untimed warm-up GETs."""
     for path in warmup:
         deadline.check("warm-up")
-        await client.call("GET", path)
+        client.call("GET", path)
     gc.collect()
     out = []
     for path in timed:
         deadline.check("latency sample")
         start = time.perf_counter()
-        await client.call("GET", path)
+        client.call("GET", path)
         out.append(time.perf_counter() - start)
     return out
 
 
-async def latency_phase(
+def latency_phase(
     client: Client,
     plan: Plan,
     samples: int,
@@ -498,12 +506,12 @@ async def latency_phase(
     for kind, (warmup, timed) in query_paths(plan, samples).items():
         if kind.startswith("resolve"):
             # let central's cache drop the aliases just moved, so the warm-up refills it
-            await asyncio.sleep(max(0.0, aliases_set_at + ALIAS_SETTLE - time.monotonic()))
+            time.sleep(max(0.0, aliases_set_at + ALIAS_SETTLE - time.monotonic()))
         note(f"timing {kind}: {len(warmup):,} warm-up, {len(timed):,} timed requests")
-        await time_requests(client, warmup, [], deadline)
-        before = await server_seconds(client, ROUTES[kind])
-        seconds = await time_requests(client, [], timed, deadline)
-        after = await server_seconds(client, ROUTES[kind])
+        time_requests(client, warmup, [], deadline)
+        before = server_seconds(client, ROUTES[kind])
+        seconds = time_requests(client, [], timed, deadline)
+        after = server_seconds(client, ROUTES[kind])
         total, count = after[0] - before[0], after[1] - before[1]
         if count != len(timed):
             raise BenchError(f"/metrics counted {count} {ROUTES[kind]} GETs, not {len(timed)}")
@@ -559,7 +567,7 @@ async def bare_server(source: bytes) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def _median_download(client: Client, path: str, size: int, deadline: Deadline) -> float:
+async def _median_download(client: BlobClient, path: str, size: int, deadline: Deadline) -> float:
     times = []
     for _ in range(DOWNLOAD_REPEATS):
         deadline.check("blob download")
@@ -568,17 +576,18 @@ async def _median_download(client: Client, path: str, size: int, deadline: Deadl
 
 
 async def blob_phase(
-    client: Client, size_mb: int, seed: int, deadline: Deadline, figures: list[Figure]
-) -> None:
+    client: Client, base: str, token: str, size_mb: int, seed: int, deadline: Deadline
+) -> list[Figure]:
     note(f"uploading and downloading a {size_mb} MB blob, then the same to a bare server")
     payload = blob_payload(size_mb, seed)
     digest = "sha256:" + hashlib.sha256(payload).hexdigest()  # computed before, not timed
     path = f"/api/v1/blobs/{digest}"
-    up = await client.upload(path, payload)
-    info = json.loads(await client.call("GET", f"{path}/info"))
-    zsize = int(info["zsize"])
-    down = await _median_download(client, path, zsize, deadline)
-    async with bare_server(payload[:zsize]) as base, connect(base, None) as bare:
+    async with connect_blobs(base, token) as blobs:
+        up = await blobs.upload(path, payload)
+        info = json.loads(client.call("GET", f"{path}/info"))
+        zsize = int(info["zsize"])
+        down = await _median_download(blobs, path, zsize, deadline)
+    async with bare_server(payload[:zsize]) as bare_base, connect_blobs(bare_base, None) as bare:
         bare_up = await bare.upload("/sink", payload)
         bare_down = await _median_download(bare, "/source", zsize, deadline)
     rates = {
@@ -587,26 +596,32 @@ async def blob_phase(
         "blob_download": zsize / down / MB,
         "bare_download": zsize / bare_down / MB,
     }
-    figures += [Figure(f"{k}_mb_per_s", v, "MB/s") for k, v in rates.items()]
+    figures = [Figure(f"{k}_mb_per_s", v, "MB/s") for k, v in rates.items()]
     figures.append(Figure("blob_upload_vs_bare", rates["blob_upload"] / rates["bare_upload"], "x"))
     figures.append(
         Figure("blob_download_vs_bare", rates["blob_download"] / rates["bare_download"], "x")
     )
     figures.append(Figure("blob_stored_ratio", zsize / len(payload), "zsize/size"))
+    return figures
 
 
 # the run and its report
 
 
-async def run(args: argparse.Namespace, central: CentralProcess) -> list[Figure]:
+def run(args: argparse.Namespace, central: CentralProcess) -> list[Figure]:
     deadline = Deadline(args.time_limit)
     plan = Plan(args.versions, args.models, args.seed)
     figures: list[Figure] = []
-    async with connect(central.url, central.token) as client:
-        await register_phase(client, plan, deadline, figures)
-        aliases_set_at = await set_aliases(client, plan, deadline, figures)
-        await latency_phase(client, plan, args.samples, aliases_set_at, deadline, figures)
-        await blob_phase(client, args.blob_mb, args.seed, deadline, figures)
+    client = Client(central.port, central.token)
+    try:
+        register_phase(client, plan, deadline, figures)
+        aliases_set_at = set_aliases(client, plan, deadline, figures)
+        latency_phase(client, plan, args.samples, aliases_set_at, deadline, figures)
+        figures += asyncio.run(
+            blob_phase(client, central.url, central.token, args.blob_mb, args.seed, deadline)
+        )
+    finally:
+        client.close()
     return figures
 
 
@@ -665,7 +680,8 @@ def report(args: argparse.Namespace, figures: list[Figure], env: dict[str, Any])
         f"{args.blob_mb} MB blob, {args.samples:,} samples per query kind, seed {args.seed}",
         f"Python {env['python']}, aiohttp {env['aiohttp']}, {env['cpus']} CPUs, {env['platform']}",
         f"Load average (1/5/15 min) {env['load_before']} before, {env['load_after']} after; "
-        "client and central on 127.0.0.1, sequential requests on one keep-alive connection.",
+        "client and central on 127.0.0.1, sequential requests on one keep-alive connection "
+        "(http.client for metadata, aiohttp for blob streams).",
     ]
     return render_table(figures, header)
 
@@ -694,8 +710,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         with running_central(args.keep) as central:
-            figures = asyncio.run(run(args, central))
-    except (BenchError, aiohttp.ClientError, OSError, subprocess.SubprocessError) as e:
+            figures = run(args, central)
+    except (
+        BenchError,
+        aiohttp.ClientError,
+        http.client.HTTPException,
+        OSError,
+        subprocess.SubprocessError,
+    ) as e:
         kind = "" if isinstance(e, BenchError) else f"{type(e).__name__}: "
         print(f"bench: error: {kind}{e}", file=sys.stderr)
         return 1
