@@ -123,11 +123,41 @@ def _check(c: Clause, shown: str) -> Clause:
     return c
 
 
-def to_sql(clauses: list[Clause], sorted_metric: str | None = None) -> tuple[list[str], list[Any]]:
-    """SQL conditions (fixed text) and their bound values."""
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A filter as SQL: conditions (fixed text), their values, and the facet to walk."""
+
+    where: list[str]
+    params: list[Any]
+    facet: tuple[str, str] | None  # (field, value) whose entries drive a creation order
+
+
+def to_sql(
+    clauses: list[Clause], sorted_metric: str | None = None, order: str = "created_at desc"
+) -> Query:
+    """The SQL of ``clauses`` for a search in ``order`` (see :func:`parse_order`).
+
+    Stage, branch, owner and format equalities are served by ``version_facets``. In a
+    creation order the first of them is walked in id order (the page ends after its
+    rows); the rest are checked on each candidate's row. In a version order each is a
+    subquery on the facet; in a metric order, whose index the walk follows, a check.
+    """
     where: list[str] = []
     params: list[Any] = []
+    facet: tuple[str, str] | None = None
     for c in clauses:
+        if c.field in _COLUMNS and c.op == "=":
+            if facet is None and order.startswith("created_at"):
+                facet = (c.field, str(c.value))
+            elif order.startswith("version"):
+                where.append(
+                    "v.id IN (SELECT version_id FROM version_facets WHERE field = ? AND value = ?)"
+                )
+                params += [c.field, c.value]
+            else:
+                where.append(f"{_COLUMNS[c.field]} = ?")
+                params.append(c.value)
+            continue
         if c.field == "name" and c.op == "=":
             where.append("v.model_id = (SELECT id FROM models WHERE name = ?)")
             params.append(c.value)
@@ -163,10 +193,10 @@ def to_sql(clauses: list[Clause], sorted_metric: str | None = None) -> tuple[lis
                 f"{column} {neg}IN (SELECT {owner_col} FROM {table} WHERE key = ? AND value = ?)"
             )
             params += [c.field.split(".", 1)[1], c.value]
-        else:
-            where.append(f"{_COLUMNS[c.field]} {'=' if c.op == '=' else '!='} ?")
+        else:  # != on a facet
+            where.append(f"{_COLUMNS[c.field]} != ?")
             params.append(c.value)
-    return where, params
+    return Query(where, params, facet)
 
 
 def parse_order(text: str) -> tuple[str, str | None]:
@@ -210,20 +240,27 @@ class SearchService:
         order, order_key = parse_order(order_by)
         clauses = parse_filter(text) if text.strip() else []
         await self._index.catch_up()  # so it holds every version committed so far
-        where, params = to_sql(clauses, order_key)
+        query = to_sql(clauses, order_key, order)
+        where, params = query.where, query.params
         if actor.models is not None:  # a scoped token finds only the models it may read
             globs = " OR ".join(["name GLOB ?"] * len(actor.models)) or "0"
             where.append(f"v.model_id IN (SELECT id FROM models WHERE {globs})")
             params += actor.models
         if cursor is not None:
             value, last_id = _decode(cursor)
-            sort_col = {"created": "v.created_at", "version": "v.sort_key"}.get(
-                order.split("_")[0].split(" ")[0], "sm.value"
-            )
             cmp = "<" if order.endswith("desc") else ">"
-            where.append(f"({sort_col}, v.id) {cmp} (?, ?)")
-            params += [value, last_id]
-        rows = await self._store.search_versions(where, params, order, limit + 1, order_key)
+            if order.startswith("created_at"):  # the id is the order
+                if value != last_id:
+                    raise InvalidInputError("invalid cursor")
+                where.append(f"{'f.version_id' if query.facet else 'v.id'} {cmp} ?")
+                params.append(last_id)
+            else:
+                sort_col = "v.sort_key" if order.startswith("version") else "sm.value"
+                where.append(f"({sort_col}, v.id) {cmp} (?, ?)")
+                params += [value, last_id]
+        rows = await self._store.search_versions(
+            where, params, order, limit + 1, order_key, query.facet
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _encode(rows[-1][1], rows[-1][0].id) if more and rows else None

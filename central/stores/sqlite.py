@@ -205,26 +205,39 @@ class _Reads(
         order: str,
         limit: int,
         order_key: str | None = None,
+        facet: tuple[str, str] | None = None,
     ) -> list[tuple[Version, Any]]:
         """Run a search built by the search service; returns (version, sort value) pairs.
 
         ``where`` holds SQL fragments made only from fixed text by the caller, on the
-        columns of ``versions v`` (and ``sm``, the joined metric of a metric order); every
-        value is in ``params``. ``order`` is one of the fixed orders of :data:`SEARCH_ORDERS`.
+        columns of ``versions v`` (and ``sm``, the joined metric of a metric order, or
+        ``f``, the walked facet); every value is in ``params``. ``order`` is one of the
+        fixed orders of :data:`SEARCH_ORDERS`. ``facet`` (field, value), for a creation
+        order only, walks that facet's entries in id order, so a page of a facet most
+        versions share stops after its rows instead of collecting every match first.
         """
         join, sort_col, direction = SEARCH_ORDERS[order]
+        head: list[Any] = [order_key] if join else []
+        source = "versions v"
+        conditions = list(where)
+        if facet is not None:
+            if not order.startswith("created_at"):
+                raise ValueError("a facet is walked only in creation order")
+            source = "version_facets f JOIN versions v ON v.id = f.version_id"
+            sort_col = "f.version_id"
+            conditions.insert(0, "f.field = ? AND f.value = ?")
+            head += list(facet)
         # The page is chosen on (id, sort value) alone, then only its rows are read whole:
         # sorting a thousand matches costs their keys, not their metadata documents.
-        page = f"SELECT v.id, {sort_col} AS sort_value FROM versions v {join}"
-        if where:
-            page += " WHERE " + " AND ".join(where)
+        page = f"SELECT v.id, {sort_col} AS sort_value FROM {source} {join}"
+        if conditions:
+            page += " WHERE " + " AND ".join(conditions)
         page += f" ORDER BY sort_value {direction}, v.id {direction} LIMIT ?"
         sql = (
             f"WITH page AS ({page}) SELECT {_VERSION_COLUMNS}, page.sort_value FROM page "
             "JOIN versions v ON v.id = page.id JOIN models m ON m.id = v.model_id "
             f"ORDER BY page.sort_value {direction}, v.id {direction}"
         )
-        head = [order_key] if join else []
         rows = await self._all(sql, [*head, *params, limit])
         return [(_version(r), r["sort_value"]) for r in rows]
 
@@ -417,13 +430,14 @@ class Transaction(
             "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
-        # Tags, metrics and description reach the search tables later (index_versions).
+        # Its facets, tags, metrics and description reach the search tables later
+        # (index_versions), in batches whose entries share pages.
         await self._run("UPDATE models SET updated_at = ? WHERE id = ?", (v.created_at, model_id))
         return version_id
 
     async def index_versions(self, limit: int) -> tuple[int, int]:
-        """Add the next ``limit`` unindexed versions to the search tables: their tags,
-        metrics and description words.
+        """Add the next ``limit`` unindexed versions to the search tables: their stage,
+        branch, owner and format, tags, metrics and description words.
 
         Returns how many versions it went through and the last version id now indexed.
         """
@@ -440,6 +454,14 @@ class Transaction(
         span = (through, last)
         # Read from the stored documents by SQLite itself (JSON1), all on the writer's
         # thread. Versions registered by earlier releases have their tags and metrics.
+        await self._run(
+            "INSERT OR IGNORE INTO version_facets (field, value, version_id) "
+            "SELECT 'stage', stage, id FROM versions WHERE id > ?1 AND id <= ?2 "
+            "UNION ALL SELECT 'branch', branch, id FROM versions WHERE id > ?1 AND id <= ?2 "
+            "UNION ALL SELECT 'owner', owner, id FROM versions WHERE id > ?1 AND id <= ?2 "
+            "UNION ALL SELECT 'format', format, id FROM versions WHERE id > ?1 AND id <= ?2",
+            span,
+        )
         await self._run(
             "INSERT OR IGNORE INTO version_tags (version_id, key, value) "
             "SELECT v.id, t.key, t.value FROM versions v, json_each(v.tags) t "
@@ -463,8 +485,15 @@ class Transaction(
         )
         return count, last
 
-    async def set_stage(self, version_id: int, stage: str) -> None:
+    async def set_stage(self, version_id: int, old: str, stage: str) -> None:
+        """Move a version from stage ``old`` to ``stage``."""
         await self._run("UPDATE versions SET stage = ? WHERE id = ?", (stage, version_id))
+        # An indexed version's facet follows; one not yet indexed gets it from the row.
+        await self._run(
+            "UPDATE version_facets SET value = ? "
+            "WHERE field = 'stage' AND value = ? AND version_id = ?",
+            (stage, old, version_id),
+        )
 
     async def set_alias(self, model_id: int, alias: str, version_id: int, at: str) -> None:
         await self._run(
@@ -567,8 +596,9 @@ class Transaction(
 
 # order name -> (extra join, sort expression, direction); fixed text only.
 SEARCH_ORDERS: dict[str, tuple[str, str, str]] = {
-    "created_at desc": ("", "v.created_at", "DESC"),
-    "created_at asc": ("", "v.created_at", "ASC"),
+    # creation order is registration order: a version's id comes from the same commit
+    "created_at desc": ("", "v.id", "DESC"),
+    "created_at asc": ("", "v.id", "ASC"),
     "version desc": ("", "v.sort_key", "DESC"),
     "version asc": ("", "v.sort_key", "ASC"),
     "metric desc": (

@@ -226,6 +226,53 @@ def test_pagination_returns_each_version_once(
     assert len(whole) == 5
 
 
+@pytest.mark.parametrize("order_by", ["created_at desc", "created_at asc"])
+def test_pages_of_a_facet_walk_each_version_once(
+    central_module: CentralProcess, cat: Catalogue, order_by: str
+) -> None:
+    flt = f"{cat.scope} and format = 'onnx' and branch = 'main'"
+    whole = _keys(cat, _search(central_module, flt, order_by))
+    expected = [k for k in REGISTRATION_ORDER if k not in ("eu@1.0.0", "fraud@2.0.0")]
+    assert whole == (expected if order_by.endswith("asc") else list(reversed(expected)))
+    assert _keys(cat, _search(central_module, flt, order_by, limit=1)) == whole
+
+
+def test_a_cursor_of_another_order_is_400(central_module: CentralProcess, cat: Catalogue) -> None:
+    base = f"/api/v1/search?filter={quote(cat.scope, safe='')}&limit=1"
+    by_metric = api_ok(central_module, "GET", f"{base}&order_by=metrics.auc")["next_cursor"]
+    resp = api(central_module, "GET", f"{base}&cursor={quote(by_metric, safe='')}")
+    assert resp.status == 400, resp.body
+    assert "cursor" in resp.error()["message"]
+
+
+def test_stage_search_follows_stage_changes(central_module: CentralProcess) -> None:
+    model = unique("st")
+    scoped = f"name = '{model}' and stage"
+    register(central_module, model, "1.0.0")
+    assert _search_ids(central_module, f"{scoped} = 'development'") == [f"{model}@1.0.0"]
+    # 1.0.0 is in the search tables now; 1.1.0 moves before any search indexes it
+    register(central_module, model, "1.1.0")
+    for version in ("1.0.0", "1.1.0"):
+        api_ok(
+            central_module,
+            "PUT",
+            f"/api/v1/models/{model}/versions/{version}/stage",
+            json={"stage": "training"},
+        )
+    assert _search_ids(central_module, f"{scoped} = 'development'") == []
+    assert _search_ids(central_module, f"{scoped} = 'training'") == [
+        f"{model}@1.1.0",
+        f"{model}@1.0.0",
+    ]
+    for order_by in ("version desc", "metrics.auc desc"):
+        query = f"filter={quote(f'{scoped} = {chr(39)}training{chr(39)}', safe='')}"
+        page = api_ok(
+            central_module, "GET", f"/api/v1/search?{query}&order_by={quote(order_by, safe='')}"
+        )
+        expected = [] if order_by.startswith("metrics") else ["1.1.0", "1.0.0"]
+        assert [v["version"] for v in page["items"]] == expected, order_by
+
+
 def test_page_size_is_respected(central_module: CentralProcess, cat: Catalogue) -> None:
     query = f"filter={quote(cat.scope, safe='')}&limit=2"
     page = api_ok(central_module, "GET", f"/api/v1/search?{query}")

@@ -233,8 +233,18 @@ async def test_indexing_keeps_the_tags_earlier_releases_wrote(tmp_path: Path) ->
         words = await store._all(
             "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1"
         )
+        facets = await store._all(
+            "SELECT version_id, field, value FROM version_facets ORDER BY version_id, field"
+        )
     finally:
         await store.close()
     assert [tuple(r) for r in tags] == [(1, "team", "t1"), (2, "team", "t2")]
     assert [tuple(r) for r in metrics] == [(1, 0.1), (2, 0.2)]
     assert [r[0] for r in words] == [1, 2]
+    assert [tuple(r) for r in facets] == [
+        (i, field, value)
+        for i in (1, 2)
+        for field, value in sorted(
+            {"branch": "main", "format": "onnx", "owner": "admin", "stage": "development"}.items()
+        )
+    ]
