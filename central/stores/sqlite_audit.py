@@ -226,14 +226,11 @@ class AuditWrites(SqlBase):
         """
         if request_id is None:
             request_id = current_request_id()
-        prev = await self._audit_tail_hash()
+        # The row follows the tail (rows are never deleted), so its id, which its hash
+        # covers, is known before it is written: one INSERT writes it whole.
+        last_id, prev = await self._audit_tail()
+        audit_id = last_id + 1
         at, text = format_time(utcnow()), dumps(detail or {})
-        values = (at, actor, role, action, target, outcome, request_id, text, prev)
-        audit_id = await self._run(
-            "INSERT INTO audit (at, actor, role, action, target, outcome, request_id, detail,"
-            " prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
-        )
         digest = entry_hash(
             id=audit_id,
             at=at,
@@ -246,18 +243,23 @@ class AuditWrites(SqlBase):
             detail=text,
             prev_hash=prev,
         )
-        await self._run("UPDATE audit SET hash = ? WHERE id = ?", (digest, audit_id))
+        await self._run(
+            "INSERT INTO audit (id, at, actor, role, action, target, outcome, request_id,"
+            " detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (audit_id, at, actor, role, action, target, outcome, request_id, text, prev, digest),
+        )
         return audit_id
 
-    async def _audit_tail_hash(self) -> str:
-        row = await self._one("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")
+    async def _audit_tail(self) -> tuple[int, str]:
+        """The id and hash of the last row (0 and the genesis hash for an empty log)."""
+        row = await self._one("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
         if row is None:
-            return GENESIS
-        if row[0] is None:  # rows from before the chain existed, not chained yet
+            return 0, GENESIS
+        if row[1] is None:  # rows from before the chain existed, not chained yet
             await self.chain_audit_backlog()
-            row = await self._one("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")
-            assert row is not None and row[0] is not None
-        return str(row[0])
+            row = await self._one("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")
+            assert row is not None and row[1] is not None
+        return int(row[0]), str(row[1])
 
     async def chain_audit_backlog(self) -> int:
         """Chain the rows written before the log was chained, in id order; returns how many.
