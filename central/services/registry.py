@@ -362,7 +362,7 @@ class RegistryService:
 
         The caller has checked the transition (:func:`check_transition`) and the policy.
         """
-        await tx.set_stage(v.id, v.stage, stage)
+        await tx.set_stage(v.id, stage)
         if "retired" in (stage, v.stage):
             model_id = await tx.model_id(v.model)
             assert model_id is not None

@@ -29,6 +29,7 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _COLUMNS = {"stage": "v.stage", "branch": "v.branch", "owner": "v.owner", "format": "v.format"}
+_FACETS = {"branch", "owner", "format"}  # in the search index; stage is a versions index
 _NUM_OPS = {"=", "!=", ">", ">=", "<", "<="}
 
 
@@ -137,17 +138,19 @@ def to_sql(
 ) -> Query:
     """The SQL of ``clauses`` for a search in ``order`` (see :func:`parse_order`).
 
-    Stage, branch, owner and format equalities are served by ``version_facets``. In a
-    creation order the first of them is walked in id order (the page ends after its
-    rows); the rest are checked on each candidate's row. In a version order each is a
-    subquery on the facet; in a metric order, whose index the walk follows, a check.
+    Stage is an indexed column of the versions. Branch, owner and format equalities are
+    served by the search index's ``version_facets``: in a creation order without a stage
+    clause, the first of them is walked in id order (the page ends after its rows) and
+    the rest are checked on each candidate's row; in a version order each is a subquery
+    on the facet; in a metric order, whose index the walk follows, a check.
     """
     where: list[str] = []
     params: list[Any] = []
     facet: tuple[str, str] | None = None
+    by_stage = any(c.field == "stage" and c.op == "=" for c in clauses)
     for c in clauses:
-        if c.field in _COLUMNS and c.op == "=":
-            if facet is None and order.startswith("created_at"):
+        if c.field in _FACETS and c.op == "=":
+            if facet is None and not by_stage and order.startswith("created_at"):
                 facet = (c.field, str(c.value))
             elif order.startswith("version"):
                 where.append(
@@ -193,8 +196,8 @@ def to_sql(
                 f"{column} {neg}IN (SELECT {owner_col} FROM {table} WHERE key = ? AND value = ?)"
             )
             params += [c.field.split(".", 1)[1], c.value]
-        else:  # != on a facet
-            where.append(f"{_COLUMNS[c.field]} != ?")
+        else:  # stage, or != on a facet
+            where.append(f"{_COLUMNS[c.field]} {'=' if c.op == '=' else '!='} ?")
             params.append(c.value)
     return Query(where, params, facet)
 

@@ -1,12 +1,13 @@
-"""The search tables of versions (tags, metrics, description words), filled in batches.
+"""The search index of versions (facets, tags, metrics, description words), in batches.
 
 Registering a version writes only the version: each entry of a search table lands on
 its own B-tree page, and writing those pages one registration at a time cost more
 than the rest of the registration's writes together (an FTS5 insert alone writes a new
 index segment per transaction). The indexer adds the versions registered since its
-last run in one transaction shortly after they commit, by this replica or another,
-and every search first brings it up to date, so it sees every version committed
-before it.
+last run in one transaction shortly after they commit, by this replica or another, in
+a database file of its own (``central.stores.sqlite_search``) whose write lock no
+registration waits for. Every search first brings it up to date, so it sees every
+version committed before it.
 """
 
 from __future__ import annotations
@@ -61,9 +62,8 @@ class SearchIndexer:
         async with self._lock:
             total = 0
             while True:
-                # On the writer's thread: a batch of FTS inserts holds it for milliseconds.
-                async with self._store.transaction(offload=True) as tx:
-                    done, through = await tx.index_versions(BATCH)
+                # In the index's own file, on its own thread: registrations go on.
+                done, through = await self._store.search.index(BATCH)
                 total += done
                 self._indexed_through = max(self._indexed_through, through)
                 if done < BATCH:

@@ -31,6 +31,7 @@ from central.stores.sqlite_blobkeys import BlobKeyReads, BlobKeyWrites
 from central.stores.sqlite_drift import DriftReads, DriftWrites
 from central.stores.sqlite_fleets import FleetReads, FleetWrites
 from central.stores.sqlite_rollouts import RolloutReads, RolloutWrites
+from central.stores.sqlite_search import SearchIndex
 from central.stores.sqlite_telemetry import TelemetryReads, TelemetryWrites
 from central.stores.sqlite_webhooks import WebhookReads, WebhookWrites
 from shared.errors import ConflictError
@@ -430,70 +431,13 @@ class Transaction(
             "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
-        # Its facets, tags, metrics and description reach the search tables later
-        # (index_versions), in batches whose entries share pages.
+        # Its facets, tags, metrics and description reach the search index later, in
+        # batches, in a file of its own (sqlite_search).
         await self._run("UPDATE models SET updated_at = ? WHERE id = ?", (v.created_at, model_id))
         return version_id
 
-    async def index_versions(self, limit: int) -> tuple[int, int]:
-        """Add the next ``limit`` unindexed versions to the search tables: their stage,
-        branch, owner and format, tags, metrics and description words.
-
-        Returns how many versions it went through and the last version id now indexed.
-        """
-        row = await self._one("SELECT indexed_through FROM search_index_state WHERE id = 1")
-        through = int(row[0]) if row is not None else 0
-        row = await self._one(
-            "SELECT count(*), max(id) FROM "
-            "(SELECT id FROM versions WHERE id > ? ORDER BY id LIMIT ?)",
-            (through, limit),
-        )
-        if row is None or not row[0]:
-            return 0, through
-        count, last = int(row[0]), int(row[1])
-        span = (through, last)
-        # Read from the stored documents by SQLite itself (JSON1), all on the writer's
-        # thread. Versions registered by earlier releases have their tags and metrics.
-        await self._run(
-            "INSERT OR IGNORE INTO version_facets (field, value, version_id) "
-            "SELECT 'stage', stage, id FROM versions WHERE id > ?1 AND id <= ?2 "
-            "UNION ALL SELECT 'branch', branch, id FROM versions WHERE id > ?1 AND id <= ?2 "
-            "UNION ALL SELECT 'owner', owner, id FROM versions WHERE id > ?1 AND id <= ?2 "
-            "UNION ALL SELECT 'format', format, id FROM versions WHERE id > ?1 AND id <= ?2",
-            span,
-        )
-        await self._run(
-            "INSERT OR IGNORE INTO version_tags (version_id, key, value) "
-            "SELECT v.id, t.key, t.value FROM versions v, json_each(v.tags) t "
-            "WHERE v.id > ? AND v.id <= ?",
-            span,
-        )
-        await self._run(
-            "INSERT OR IGNORE INTO version_metrics (version_id, key, value) "
-            "SELECT v.id, m.key, CAST(m.value AS REAL) "
-            "FROM versions v, json_each(v.metadata, '$.training.metrics') m "
-            "WHERE v.id > ? AND v.id <= ?",
-            span,
-        )
-        await self._run(
-            "INSERT INTO version_text (rowid, description) SELECT id, description "
-            "FROM versions WHERE id > ? AND id <= ? AND description != ''",
-            span,
-        )
-        await self._change(
-            "UPDATE search_index_state SET indexed_through = ? WHERE id = 1", (last,)
-        )
-        return count, last
-
-    async def set_stage(self, version_id: int, old: str, stage: str) -> None:
-        """Move a version from stage ``old`` to ``stage``."""
+    async def set_stage(self, version_id: int, stage: str) -> None:
         await self._run("UPDATE versions SET stage = ? WHERE id = ?", (stage, version_id))
-        # An indexed version's facet follows; one not yet indexed gets it from the row.
-        await self._run(
-            "UPDATE version_facets SET value = ? "
-            "WHERE field = 'stage' AND value = ? AND version_id = ?",
-            (stage, old, version_id),
-        )
 
     async def set_alias(self, model_id: int, alias: str, version_id: int, at: str) -> None:
         await self._run(
@@ -641,6 +585,7 @@ class SqliteStore(_Reads):
         self._frame_bytes = 24 + 4096  # a WAL frame: its header and one page
         self._lock = asyncio.Lock()
         self.on_commit: Callable[[], None] | None = None  # told after every commit
+        self.search = SearchIndex(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="skiff-sqlite-writer")
@@ -649,7 +594,8 @@ class SqliteStore(_Reads):
         async with self._checkpointer.execute("PRAGMA page_size") as cursor:
             row = await cursor.fetchone()
         self._frame_bytes = 24 + (int(row[0]) if row is not None else 4096)  # header + page
-        super().__init__(ThreadedStatements(await self._connect()))
+        await self.search.open()
+        super().__init__(ThreadedStatements(await self._connect(attach_search=True)))
         self._last_checkpoint = time.monotonic()
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -670,16 +616,21 @@ class SqliteStore(_Reads):
             raise
         return conn
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, *, attach_search: bool = False) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         for pragma in _pragmas(self._durability):
             await conn.execute(pragma)
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Reads map the file instead of copying each page through read(); the page cache
-        # holds the hot index pages of a large catalogue.
-        await conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
-        await conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+        schemas = ["main"]
+        if attach_search:  # searches join the versions with the search index
+            await conn.execute("ATTACH DATABASE ? AS search", (str(self.search.path),))
+            schemas.append("search")
+        for schema in schemas:
+            # Reads map the file instead of copying each page through read(); the page
+            # cache holds the hot index pages of a large catalogue.
+            await conn.execute(f"PRAGMA {schema}.mmap_size = {READER_MMAP_BYTES}")
+            await conn.execute(f"PRAGMA {schema}.cache_size = -{READER_CACHE_KIB}")
         return conn
 
     async def close(self) -> None:
@@ -692,6 +643,7 @@ class SqliteStore(_Reads):
         if self._checkpointer is not None:
             await self._checkpointer.close()
             self._checkpointer = None
+        await self.search.close()
         if self._executor is not None:
             await self._settle()
             writer, self._writer = self._writer, None

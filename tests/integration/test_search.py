@@ -366,7 +366,7 @@ def test_versions_reach_the_search_tables_without_a_search(
         tags={"word": word},
         metadata={"training": {"metrics": {"auc": 0.75}}},
     )
-    db = sqlite3.connect(f"file:{central_module.data_dir / 'registry.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{central_module.data_dir / 'registry.search.db'}?mode=ro", uri=True)
     try:
         deadline = time.monotonic() + 10
         while True:

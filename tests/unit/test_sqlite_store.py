@@ -180,9 +180,8 @@ async def test_the_wal_is_rewound_under_a_continuous_writer(
     assert row is not None and row[0] == commits
 
 
-def _add_version_rows(path: Path, version_id: int, *, indexed_tags: bool) -> None:
-    """A version as written directly to the database; ``indexed_tags`` as earlier releases
-    did, writing its tag and metric rows in the registering transaction."""
+def _add_version_rows(path: Path, version_id: int) -> None:
+    """A version as written directly to the registry database."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute(
@@ -203,48 +202,90 @@ def _add_version_rows(path: Path, version_id: int, *, indexed_tags: bool) -> Non
                 json.dumps({"training": {"metrics": {"auc": version_id / 10}}}),
             ),
         )
-        if indexed_tags:
-            db.execute(
-                "INSERT INTO version_tags VALUES (?, 'team', ?)", (version_id, f"t{version_id}")
-            )
-            db.execute(
-                "INSERT INTO version_metrics VALUES (?, 'auc', ?)", (version_id, version_id / 10)
-            )
     finally:
         db.close()
 
 
-async def test_indexing_keeps_the_tags_earlier_releases_wrote(tmp_path: Path) -> None:
+async def _search_rows(store: SqliteStore) -> dict[str, list[tuple[object, ...]]]:
+    queries = {
+        "tags": "SELECT version_id, key, value FROM version_tags ORDER BY 1",
+        "metrics": "SELECT version_id, value FROM version_metrics ORDER BY 1",
+        "words": "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1",
+        "facets": "SELECT version_id, field, value FROM version_facets ORDER BY 1, 2",
+    }
+    return {k: [tuple(r) for r in await store._all(sql)] for k, sql in queries.items()}
+
+
+def _expected_rows(ids: list[int]) -> dict[str, list[tuple[object, ...]]]:
+    facets = {"branch": "main", "format": "onnx", "owner": "admin"}
+    return {
+        "tags": [(i, "team", f"t{i}") for i in ids],
+        "metrics": [(i, i / 10) for i in ids],
+        "words": [(i,) for i in ids],
+        "facets": [(i, f, v) for i in ids for f, v in sorted(facets.items())],
+    }
+
+
+async def test_the_search_index_is_built_from_the_versions_in_its_own_file(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "registry.db"
     store = SqliteStore(path)
     await store.open()
     await store.close()
-    _add_version_rows(path, 1, indexed_tags=True)  # before the upgrade
-    _add_version_rows(path, 2, indexed_tags=False)  # after it
+    for version_id in (1, 2, 3):
+        _add_version_rows(path, version_id)
     store = SqliteStore(path)
     await store.open()
     try:
-        async with store.transaction(offload=True) as tx:
-            assert await tx.index_versions(500) == (2, 2)
-        async with store.transaction(offload=True) as tx:
-            assert await tx.index_versions(500) == (0, 2)  # nothing left
-        tags = await store._all("SELECT version_id, key, value FROM version_tags ORDER BY 1")
-        metrics = await store._all("SELECT version_id, value FROM version_metrics ORDER BY 1")
-        words = await store._all(
-            "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1"
-        )
-        facets = await store._all(
-            "SELECT version_id, field, value FROM version_facets ORDER BY version_id, field"
-        )
+        assert await store.search.index(2) == (2, 2)
+        assert await store.search.index(500) == (1, 3)
+        assert await store.search.index(500) == (0, 3)  # nothing left
+        assert await _search_rows(store) == _expected_rows([1, 2, 3])
     finally:
         await store.close()
-    assert [tuple(r) for r in tags] == [(1, "team", "t1"), (2, "team", "t2")]
-    assert [tuple(r) for r in metrics] == [(1, 0.1), (2, 0.2)]
-    assert [r[0] for r in words] == [1, 2]
-    assert [tuple(r) for r in facets] == [
-        (i, field, value)
-        for i in (1, 2)
-        for field, value in sorted(
-            {"branch": "main", "format": "onnx", "owner": "admin", "stage": "development"}.items()
-        )
-    ]
+    registry = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in registry.execute("SELECT name FROM sqlite_schema")}
+    finally:
+        registry.close()
+    assert not tables & {"version_tags", "version_metrics", "version_text", "version_facets"}
+
+
+async def test_indexing_does_not_take_the_registry_write_lock(store: SqliteStore) -> None:
+    _add_version_rows(store.path, 1)
+    async with store.transaction():  # a registration holding the registry's lock
+        assert await asyncio.wait_for(store.search.index(500), 5) == (1, 1)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "ahead"])
+async def test_a_lost_damaged_or_diverged_search_index_is_rebuilt(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    for version_id in (1, 2):
+        _add_version_rows(path, version_id)
+    store = SqliteStore(path)
+    await store.open()
+    await store.search.index(500)
+    await store.close()
+    index = store.search.path
+    if damage == "deleted":
+        index.unlink()
+    elif damage == "garbage":
+        index.write_bytes(b"not a database" * 512)
+    else:  # the registry lost its last version (a restored backup): the index is ahead
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("DELETE FROM versions WHERE id = 2")
+        db.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        indexed = [1] if damage == "ahead" else [1, 2]
+        assert await store.search.index(500) == (len(indexed), indexed[-1])
+        assert await _search_rows(store) == _expected_rows(indexed)
+    finally:
+        await store.close()

@@ -1,0 +1,202 @@
+"""The search index: tables derived from the versions, in a database file of their own.
+
+The branch, owner and format of every version, its tags, its metrics and the words of
+its description are copied into ``<registry>.search.db`` in batches, by a connection of
+their own on a thread of their own. Writing them takes that file's write lock, not the
+registry's: indexing a burst of a thousand versions never holds up a registration or
+an alias move. Reads see both files through one connection (``ATTACH``).
+
+The file holds nothing that is not in the registry. Deleted, damaged, of an older
+layout, or ahead of the registry (one restored from a backup, or that lost its last
+commits in a power cut), it is rebuilt from the versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+SEARCH_SCHEMA = 1  # the file's layout (PRAGMA user_version); another one is rebuilt
+T = TypeVar("T")
+
+_TABLES = ("search_index_state", "version_facets", "version_tags", "version_metrics")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS search_index_state (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_through INTEGER NOT NULL  -- every version id up to this one is indexed
+);
+INSERT OR IGNORE INTO search_index_state (id, indexed_through) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS version_facets (
+    field      TEXT NOT NULL,  -- branch, owner or format
+    value      TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    PRIMARY KEY (field, value, version_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS version_tags (
+    version_id INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    PRIMARY KEY (version_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_tags_kv ON version_tags(key, value, version_id);
+CREATE TABLE IF NOT EXISTS version_metrics (
+    version_id INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    value      REAL NOT NULL,
+    PRIMARY KEY (version_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_metrics_kv ON version_metrics(key, value, version_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS version_text USING fts5(description);
+"""
+# Each reads the versions after ?1 up to ?2 from the registry (JSON1 reads the documents).
+_INDEX_STATEMENTS = (
+    "INSERT OR IGNORE INTO version_facets (field, value, version_id) "
+    "SELECT 'branch', branch, id FROM versions WHERE id > ?1 AND id <= ?2 "
+    "UNION ALL SELECT 'owner', owner, id FROM versions WHERE id > ?1 AND id <= ?2 "
+    "UNION ALL SELECT 'format', format, id FROM versions WHERE id > ?1 AND id <= ?2",
+    "INSERT OR IGNORE INTO version_tags (version_id, key, value) "
+    "SELECT v.id, t.key, t.value FROM versions v, json_each(v.tags) t "
+    "WHERE v.id > ?1 AND v.id <= ?2",
+    "INSERT OR IGNORE INTO version_metrics (version_id, key, value) "
+    "SELECT v.id, m.key, CAST(m.value AS REAL) "
+    "FROM versions v, json_each(v.metadata, '$.training.metrics') m "
+    "WHERE v.id > ?1 AND v.id <= ?2",
+    "INSERT INTO version_text (rowid, description) SELECT id, description "
+    "FROM versions WHERE id > ?1 AND id <= ?2 AND description != ''",
+)
+
+
+def search_path(registry: Path) -> Path:
+    """The search index file of the registry database ``registry``."""
+    return registry.with_suffix(".search.db")
+
+
+class SearchIndex:
+    """The connection that writes the search index, on a thread of its own."""
+
+    def __init__(self, registry: Path, *, busy_timeout_ms: int) -> None:
+        self.registry = registry
+        self.path = search_path(registry)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        """Open (creating or rebuilding as needed) the index; the registry's schema is current."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="skiff-search-index")
+        try:
+            self._conn = await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._run(conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def index(self, limit: int) -> tuple[int, int]:
+        """Index the next ``limit`` unindexed versions in one transaction.
+
+        Returns how many versions it went through and the last version id now indexed.
+        """
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("search index is not open")
+        return await self._run(lambda: _index(conn, limit))
+
+    def _run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        assert self._executor is not None
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+            logger.warning("Search index %s unreadable (%s); rebuilding it", self.path, e)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # derived data: rebuilt if lost
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version not in (0, SEARCH_SCHEMA):
+                logger.info("Search index %s has layout %d; rebuilding it", self.path, version)
+                _drop(conn)
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SEARCH_SCHEMA};\nCOMMIT;"
+            )
+            conn.execute("ATTACH DATABASE ? AS registry", (str(self.registry),))
+            through = _indexed_through(conn)
+            last = int(conn.execute("SELECT coalesce(max(id), 0) FROM versions").fetchone()[0])
+            if through > last:
+                logger.warning(
+                    "Search index %s is ahead of the registry (version %d of %d); rebuilding it",
+                    self.path,
+                    through,
+                    last,
+                )
+                conn.execute("DETACH DATABASE registry")
+                _drop(conn)
+                conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+                conn.execute("ATTACH DATABASE ? AS registry", (str(self.registry),))
+            elif through < last:
+                logger.info("Search index: %d versions to index", last - through)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+def _indexed_through(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT indexed_through FROM search_index_state").fetchone()[0])
+
+
+def _drop(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        "BEGIN IMMEDIATE;\n"
+        + "".join(f"DROP TABLE IF EXISTS {t};\n" for t in (*_TABLES, "version_text"))
+        + "COMMIT;"
+    )
+
+
+def _index(conn: sqlite3.Connection, limit: int) -> tuple[int, int]:
+    conn.execute("BEGIN")
+    try:
+        # This file's write lock first (another replica's indexer waits here), then the
+        # registry's versions as they are now: only this file is written.
+        conn.execute("UPDATE search_index_state SET indexed_through = indexed_through")
+        through = _indexed_through(conn)
+        count, last = conn.execute(
+            "SELECT count(*), max(id) FROM "
+            "(SELECT id FROM versions WHERE id > ? ORDER BY id LIMIT ?)",
+            (through, limit),
+        ).fetchone()
+        if count:
+            for sql in _INDEX_STATEMENTS:
+                conn.execute(sql, (through, last))
+            conn.execute("UPDATE search_index_state SET indexed_through = ?", (last,))
+            through = int(last)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(count), through
