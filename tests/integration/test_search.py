@@ -237,6 +237,17 @@ def test_pages_of_a_facet_walk_each_version_once(
     assert _keys(cat, _search(central_module, flt, order_by, limit=1)) == whole
 
 
+@pytest.mark.parametrize("order_by", ["created_at desc", "created_at asc"])
+def test_pages_of_a_word_walk_each_version_once(
+    central_module: CentralProcess, cat: Catalogue, order_by: str
+) -> None:
+    flt = f"{cat.scope} and description contains 'regression'"
+    whole = _keys(cat, _search(central_module, flt, order_by))
+    expected = ["fraud@1.0.0", "fraud@1.1.0"]
+    assert whole == (expected if order_by.endswith("asc") else list(reversed(expected)))
+    assert _keys(cat, _search(central_module, flt, order_by, limit=1)) == whole
+
+
 def test_a_cursor_of_another_order_is_400(central_module: CentralProcess, cat: Catalogue) -> None:
     base = f"/api/v1/search?filter={quote(cat.scope, safe='')}&limit=1"
     by_metric = api_ok(central_module, "GET", f"{base}&order_by=metrics.auc")["next_cursor"]
