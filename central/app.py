@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -75,6 +76,8 @@ from shared.metrics import Registry as MetricsRegistry
 from shared.systemd import sd_notify, watchdog
 
 logger = logging.getLogger(__name__)
+
+GIL_SWITCH_SECONDS = 0.0005  # the longest a thread keeps the GIL when another waits
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -283,6 +286,10 @@ def run(config: CentralConfig) -> None:
     logs.configure(config.log_level)
     # `kill -USR2 <pid>` writes every thread's stack to stderr: what a stuck central waits for.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+    # The event loop gives up the GIL in every socket call and commit; a worker thread
+    # (reads, checkpoints, the search index) that takes it then keeps it until it blocks
+    # or the switch interval ends. 5 ms by default, that is several requests' time.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
     async def main() -> None:
         stop = asyncio.Event()
