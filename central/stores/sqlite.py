@@ -199,49 +199,6 @@ class _Reads(
         )
         return None if row is None else str(row["version"])
 
-    async def search_versions(
-        self,
-        where: Sequence[str],
-        params: Sequence[Any],
-        order: str,
-        limit: int,
-        order_key: str | None = None,
-        facet: tuple[str, str] | None = None,
-    ) -> list[tuple[Version, Any]]:
-        """Run a search built by the search service; returns (version, sort value) pairs.
-
-        ``where`` holds SQL fragments made only from fixed text by the caller, on the
-        columns of ``versions v`` (and ``sm``, the joined metric of a metric order, or
-        ``f``, the walked facet); every value is in ``params``. ``order`` is one of the
-        fixed orders of :data:`SEARCH_ORDERS`. ``facet`` (field, value), for a creation
-        order only, walks that facet's entries in id order, so a page of a facet most
-        versions share stops after its rows instead of collecting every match first.
-        """
-        join, sort_col, direction = SEARCH_ORDERS[order]
-        head: list[Any] = [order_key] if join else []
-        source = "versions v"
-        conditions = list(where)
-        if facet is not None:
-            if not order.startswith("created_at"):
-                raise ValueError("a facet is walked only in creation order")
-            source = "version_facets f JOIN versions v ON v.id = f.version_id"
-            sort_col = "f.version_id"
-            conditions.insert(0, "f.field = ? AND f.value = ?")
-            head += list(facet)
-        # The page is chosen on (id, sort value) alone, then only its rows are read whole:
-        # sorting a thousand matches costs their keys, not their metadata documents.
-        page = f"SELECT v.id, {sort_col} AS sort_value FROM {source} {join}"
-        if conditions:
-            page += " WHERE " + " AND ".join(conditions)
-        page += f" ORDER BY sort_value {direction}, v.id {direction} LIMIT ?"
-        sql = (
-            f"WITH page AS ({page}) SELECT {_VERSION_COLUMNS}, page.sort_value FROM page "
-            "JOIN versions v ON v.id = page.id JOIN models m ON m.id = v.model_id "
-            f"ORDER BY page.sort_value {direction}, v.id {direction}"
-        )
-        rows = await self._all(sql, [*head, *params, limit])
-        return [(_version(r), r["sort_value"]) for r in rows]
-
     async def _versions(self, rows: list[sqlite3.Row]) -> list[Version]:
         return [_version(r) for r in rows]
 
@@ -597,6 +554,51 @@ class SqliteStore(_Reads):
         await self.search.open()
         super().__init__(ThreadedStatements(await self._connect(attach_search=True)))
         self._last_checkpoint = time.monotonic()
+
+    async def search_versions(
+        self,
+        where: Sequence[str],
+        params: Sequence[Any],
+        order: str,
+        limit: int,
+        order_key: str | None = None,
+        facet: tuple[str, str] | None = None,
+    ) -> list[tuple[Version, Any]]:
+        """Run a search built by the search service; returns (version, sort value) pairs.
+
+        On the reader connection, the one that sees the search index (``ATTACH``).
+
+        ``where`` holds SQL fragments made only from fixed text by the caller, on the
+        columns of ``versions v`` (and ``sm``, the joined metric of a metric order, or
+        ``f``, the walked facet); every value is in ``params``. ``order`` is one of the
+        fixed orders of :data:`SEARCH_ORDERS`. ``facet`` (field, value), for a creation
+        order only, walks that facet's entries in id order, so a page of a facet most
+        versions share stops after its rows instead of collecting every match first.
+        """
+        join, sort_col, direction = SEARCH_ORDERS[order]
+        head: list[Any] = [order_key] if join else []
+        source = "versions v"
+        conditions = list(where)
+        if facet is not None:
+            if not order.startswith("created_at"):
+                raise ValueError("a facet is walked only in creation order")
+            source = "version_facets f JOIN versions v ON v.id = f.version_id"
+            sort_col = "f.version_id"
+            conditions.insert(0, "f.field = ? AND f.value = ?")
+            head += list(facet)
+        # The page is chosen on (id, sort value) alone, then only its rows are read whole:
+        # sorting a thousand matches costs their keys, not their metadata documents.
+        page = f"SELECT v.id, {sort_col} AS sort_value FROM {source} {join}"
+        if conditions:
+            page += " WHERE " + " AND ".join(conditions)
+        page += f" ORDER BY sort_value {direction}, v.id {direction} LIMIT ?"
+        sql = (
+            f"WITH page AS ({page}) SELECT {_VERSION_COLUMNS}, page.sort_value FROM page "
+            "JOIN versions v ON v.id = page.id JOIN models m ON m.id = v.model_id "
+            f"ORDER BY page.sort_value {direction}, v.id {direction}"
+        )
+        rows = await self._all(sql, [*head, *params, limit])
+        return [(_version(r), r["sort_value"]) for r in rows]
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -26,7 +26,16 @@ logger = logging.getLogger(__name__)
 SEARCH_SCHEMA = 1  # the file's layout (PRAGMA user_version); another one is rebuilt
 T = TypeVar("T")
 
-_TABLES = ("search_index_state", "version_facets", "version_tags", "version_metrics")
+_TABLES = (
+    "search_index_state",
+    "version_facets",
+    "version_tags",
+    "version_metrics",
+    "version_text",
+)
+# What a file that is no database, or a damaged one, raises: rebuilt. Anything else (a
+# lock another replica holds past the busy timeout, a full disk) is raised as it is.
+_UNREADABLE = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS search_index_state (
     id              INTEGER PRIMARY KEY CHECK (id = 1),
@@ -124,7 +133,9 @@ class SearchIndex:
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
-        except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+        except sqlite3.DatabaseError as e:
+            if e.sqlite_errorcode & 0xFF not in _UNREADABLE:
+                raise
             logger.warning("Search index %s unreadable (%s); rebuilding it", self.path, e)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -140,9 +151,7 @@ class SearchIndex:
             if version not in (0, SEARCH_SCHEMA):
                 logger.info("Search index %s has layout %d; rebuilding it", self.path, version)
                 _drop(conn)
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SEARCH_SCHEMA};\nCOMMIT;"
-            )
+            _create(conn)
             conn.execute("ATTACH DATABASE ? AS registry", (str(self.registry),))
             through = _indexed_through(conn)
             last = int(conn.execute("SELECT coalesce(max(id), 0) FROM versions").fetchone()[0])
@@ -153,10 +162,8 @@ class SearchIndex:
                     through,
                     last,
                 )
-                conn.execute("DETACH DATABASE registry")
                 _drop(conn)
-                conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
-                conn.execute("ATTACH DATABASE ? AS registry", (str(self.registry),))
+                _create(conn)
             elif through < last:
                 logger.info("Search index: %d versions to index", last - through)
         except BaseException:
@@ -169,12 +176,15 @@ def _indexed_through(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT indexed_through FROM search_index_state").fetchone()[0])
 
 
+def _create(conn: sqlite3.Connection) -> None:
+    # Here and in _drop, a deferred BEGIN: the first write takes this file's lock alone,
+    # where BEGIN IMMEDIATE would take the registry's too once it is attached.
+    conn.executescript(f"BEGIN;\n{_SCHEMA}\nPRAGMA main.user_version = {SEARCH_SCHEMA};\nCOMMIT;")
+
+
 def _drop(conn: sqlite3.Connection) -> None:
-    conn.executescript(
-        "BEGIN IMMEDIATE;\n"
-        + "".join(f"DROP TABLE IF EXISTS {t};\n" for t in (*_TABLES, "version_text"))
-        + "COMMIT;"
-    )
+    drops = "".join(f"DROP TABLE IF EXISTS main.{t};\n" for t in _TABLES)
+    conn.executescript(f"BEGIN;\n{drops}COMMIT;")
 
 
 def _index(conn: sqlite3.Connection, limit: int) -> tuple[int, int]:

@@ -289,3 +289,34 @@ async def test_a_lost_damaged_or_diverged_search_index_is_rebuilt(
         assert await _search_rows(store) == _expected_rows(indexed)
     finally:
         await store.close()
+
+
+async def test_a_search_index_locked_by_another_process_is_not_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    _add_version_rows(path, 1)
+    store = SqliteStore(path)
+    await store.open()
+    await store.search.index(500)
+    await store.close()
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(store.search.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another replica's indexer, for longer than the timeout
+    try:
+        store = SqliteStore(path)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.open()
+        await store.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.search.index(500) == (0, 1)  # the index it built is still there
+    finally:
+        await store.close()
