@@ -189,6 +189,15 @@ def central_init(data_dir: Path) -> str:
         raise BenchError(f"central init printed no admin_token: {proc.stdout!r}") from e
 
 
+def event_loop_name() -> str:
+    """The event loop central, the agent and the bare server run on: uvloop or asyncio."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
+    from shared.aio import event_loop_factory
+
+    return event_loop_factory().__module__.partition(".")[0]
+
+
 def central_process(data_dir: Path, log: Path) -> Process:
     port = free_port()
     cmd = skiff_cmd("central", "serve", "--data-dir", str(data_dir), "--listen", f"{HOST}:{port}")
@@ -513,9 +522,15 @@ async def closed_loop(
 
 
 def _bare_main(port: int, model: Path) -> None:
-    """A bare aiohttp handler calling onnxruntime directly: parse, run, render."""
+    """A bare aiohttp handler calling onnxruntime directly: parse, run, render.
+
+    It runs on the event loop the agent runs on, so the ratio measures the agent's
+    own work, not a faster loop.
+    """
     import onnxruntime
     from aiohttp import web
+
+    from shared.aio import event_loop_factory
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # as the agent's sessions
@@ -543,7 +558,8 @@ def _bare_main(port: int, model: Path) -> None:
     app = web.Application()
     app.router.add_post("/v2/models/{name}/infer", infer)
     app.router.add_get("/v2/health/live", live)
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+    loop = event_loop_factory()()
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None, loop=loop)
 
 
 def bare_process(model: Path, log: Path) -> Process:

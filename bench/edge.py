@@ -55,6 +55,7 @@ from _edge_support import (
     central_process,
     closed_loop,
     edge_settings,
+    event_loop_name,
     infer_body,
     merge,
     ort_model_path,
@@ -561,6 +562,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "aiohttp": aiohttp.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "event_loop": event_loop_name(),
     }
 
 
@@ -580,7 +582,7 @@ def render_text(args: argparse.Namespace, report: Report, total: float) -> str:
         f"{args.swaps} swaps under load, {args.rss_swaps} swaps for RSS, {args.duration:g} s "
         f"per load run, {args.connections} connections, seed {args.seed}",
         f"Python {env['python']}, onnxruntime {env['onnxruntime']}, aiohttp {env['aiohttp']}, "
-        f"{env['cpus']} CPUs, {env['platform']}",
+        f"{env['event_loop']} event loop, {env['cpus']} CPUs, {env['platform']}",
         "Central, agent, bare server and client on 127.0.0.1 (client in the bench process).",
         "",
     ]

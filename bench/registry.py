@@ -40,7 +40,14 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from _edge_support import BenchError, free_port, percentile, skiff_cmd, skiff_env
+from _edge_support import (
+    BenchError,
+    event_loop_name,
+    free_port,
+    percentile,
+    skiff_cmd,
+    skiff_env,
+)
 from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -653,6 +660,7 @@ def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "aiohttp": aiohttp.__version__,
+        "event_loop": event_loop_name(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }
@@ -679,7 +687,8 @@ def report(args: argparse.Namespace, figures: list[Figure], env: dict[str, Any])
     header = [
         f"Skiff central benchmark: {args.versions:,} versions over {args.models:,} models, "
         f"{args.blob_mb} MB blob, {args.samples:,} samples per query kind, seed {args.seed}",
-        f"Python {env['python']}, aiohttp {env['aiohttp']}, {env['cpus']} CPUs, {env['platform']}",
+        f"Python {env['python']}, aiohttp {env['aiohttp']}, {env['event_loop']} event loop, "
+        f"{env['cpus']} CPUs, {env['platform']}",
         f"Load average (1/5/15 min) {env['load_before']} before, {env['load_after']} after; "
         "client and central on 127.0.0.1, sequential requests on one keep-alive connection "
         "(http.client for metadata, aiohttp for blob streams).",

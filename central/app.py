@@ -70,7 +70,7 @@ from central.stores.blobs import LocalBlobStore
 from central.stores.encrypted import EncryptedBlobStore
 from central.stores.masterkey import MasterKey, load_master_key
 from central.stores.sqlite import SqliteStore
-from shared import logs
+from shared import aio, logs
 from shared.errors import InvalidInputError, NotFoundError
 from shared.metrics import Registry as MetricsRegistry
 from shared.systemd import sd_notify, watchdog
@@ -263,7 +263,14 @@ async def serve(config: CentralConfig, stop: asyncio.Event) -> None:
     try:
         await web.TCPSite(runner, host, port, ssl_context=context).start()
         scheme = "http" if context is None else "https"
-        logger.info("Central serving %s on %s://%s:%d", config.data_dir, scheme, host, port)
+        logger.info(
+            "Central serving %s on %s://%s:%d (%s event loop)",
+            config.data_dir,
+            scheme,
+            host,
+            port,
+            aio.loop_name(),
+        )
         # What start-up built (modules, services, routes) lives as long as the process:
         # keep it out of the collector's full passes, which would walk it on every one.
         gc.collect()
@@ -298,4 +305,4 @@ def run(config: CentralConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    aio.run(main())

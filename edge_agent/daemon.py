@@ -31,7 +31,7 @@ from edge_agent.sideload import Sideloader
 from edge_agent.slots import SlotManager
 from edge_agent.sync import SyncClient
 from edge_agent.telemetry import TelemetryRecorder
-from shared import logs
+from shared import aio, logs
 from shared.metrics import Registry as MetricsRegistry
 from shared.systemd import sd_notify, watchdog
 from shared.tls import client_context, server_context
@@ -141,12 +141,13 @@ async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
     gc.collect()
     gc.freeze()
     logger.info(
-        "Edge agent %s serving on %s://%s:%d (fleet %s)",
+        "Edge agent %s serving on %s://%s:%d (fleet %s, %s event loop)",
         config.device_id,
         "http" if context is None else "https",
         host,
         port,
         config.fleet,
+        aio.loop_name(),
     )
     sideloader = Sideloader(
         config.sideload_path, agent, fallback=sync.fetch, max_json_bytes=config.max_metadata_bytes
@@ -205,4 +206,4 @@ def run(config: EdgeConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    aio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from central.domain import Blob
 from shared.errors import InvalidInputError, PayloadTooLargeError, RangeNotSatisfiableError
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+COPY_CHUNK = 1 << 20  # bytes read per step where the loop has no sendfile
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -116,6 +118,20 @@ async def _send_body(
         if transport is None:
             raise ConnectionResetError("the client closed the connection")
         # sendfile(2) where the transport allows it; asyncio reads and writes otherwise.
-        await asyncio.get_running_loop().sendfile(transport, body.file, start, end - start)
+        try:
+            await asyncio.get_running_loop().sendfile(transport, body.file, start, end - start)
+        except NotImplementedError:  # uvloop has no loop.sendfile
+            await _copy_file(response, body.file.fileno(), start, end)
     finally:
         await asyncio.to_thread(body.file.close)
+
+
+async def _copy_file(response: web.StreamResponse, fd: int, start: int, end: int) -> None:
+    """Send bytes ``[start, end)`` of ``fd``: read off the loop, sent as the client takes them."""
+    offset = start
+    while offset < end:
+        chunk = await asyncio.to_thread(os.pread, fd, min(COPY_CHUNK, end - offset), offset)
+        if not chunk:
+            raise OSError(f"blob file ended at byte {offset} of {end}")
+        await response.write(chunk)
+        offset += len(chunk)

@@ -8,12 +8,22 @@ import io
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zstandard
 
+from central.api.blobs import COPY_CHUNK
+from shared.aio import EVENT_LOOP_ENV
 from shared.digest import sha256_digest
-from tests.support import ApiResponse, CentralProcess, api, running_central
+from tests.support import (
+    ApiResponse,
+    CentralProcess,
+    api,
+    init_central,
+    run_skiff,
+    running_central,
+)
 
 UPLOAD_LIMIT = 1000
 
@@ -325,3 +335,53 @@ def test_malformed_digest_is_400(central_module: CentralProcess, bad: str) -> No
     resp = api(central_module, "PUT", _blob_path(bad), data=b"x")
     assert resp.status == 400
     assert resp.error()["code"] == "invalid"
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def loop_central(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CentralProcess]:
+    """A central on each event loop: uvloop sends blobs in chunks, asyncio by sendfile(2)."""
+    central = init_central(tmp_path_factory.mktemp(request.param) / "central")
+    central.env[EVENT_LOOP_ENV] = request.param
+    try:
+        central.start()
+        assert f"({request.param} event loop)" in central.log_text()
+        yield central
+    finally:
+        try:
+            central.stop()
+        finally:
+            central.kill()
+
+
+def test_a_blob_of_several_chunks_comes_back_whole_and_in_ranges(
+    loop_central: CentralProcess,
+) -> None:
+    data = os.urandom(2 * COPY_CHUNK + 12_345)  # incompressible: stored about as large
+    resp = _put(loop_central, data)
+    assert resp.status == 201, resp.body
+    record = resp.json()
+    path = _blob_path(record["digest"])
+    whole = api(loop_central, "GET", path)
+    assert whole.status == 200
+    assert sha256_digest(whole.body) == record["zdigest"]
+    assert _decompress(whole.body) == data
+    zsize = len(whole.body)
+    assert zsize > 2 * COPY_CHUNK
+    start, end = COPY_CHUNK - 7, 2 * COPY_CHUNK + 9  # across both chunk boundaries
+    part = api(loop_central, "GET", path, headers={"Range": f"bytes={start}-{end}"})
+    assert part.status == 206
+    assert part.body == whole.body[start : end + 1]
+    tail = api(loop_central, "GET", path, headers={"Range": f"bytes={zsize - 100}-"})
+    assert tail.status == 206
+    assert tail.body == whole.body[-100:]
+
+
+def test_an_unknown_event_loop_stops_the_start_with_its_name(tmp_path: Path) -> None:
+    central = init_central(tmp_path / "central")
+    env = {**central.env, EVENT_LOOP_ENV: "gevent"}
+    proc = run_skiff("central", "serve", "--data-dir", str(central.data_dir), env=env, check=False)
+    assert proc.returncode != 0
+    assert "SKIFF_EVENT_LOOP must be uvloop or asyncio, not 'gevent'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,12 +1,16 @@
-"""shared.aio.wait_set: bounded waits on an event that never lose a cancellation."""
+"""shared.aio: the event loop services run on; bounded waits that never lose a cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 
-from shared.aio import wait_set
+from shared.aio import EVENT_LOOP_ENV, event_loop_factory, loop_name, run, wait_set
+from shared.errors import InvalidInputError
 
 
 async def test_returns_true_once_set_and_false_on_timeout() -> None:
@@ -37,3 +41,33 @@ async def test_a_cancellation_arriving_as_the_event_is_set_is_not_lost() -> None
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert stopped.is_set()
+
+
+@pytest.mark.parametrize("value", ["", "uvloop", " UVLOOP "])
+def test_uvloop_is_the_default_and_can_be_asked_for(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(EVENT_LOOP_ENV, value)
+    assert event_loop_factory() is uvloop.new_event_loop
+
+
+def test_the_standard_loop_can_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+    assert event_loop_factory() is asyncio.new_event_loop
+
+    async def name() -> str:
+        return loop_name()
+
+    seen: list[str] = []
+    run(_append(seen, name()))
+    assert seen == ["asyncio"]
+
+
+async def _append(out: list[str], value: Coroutine[Any, Any, str]) -> None:
+    out.append(await value)
+
+
+def test_an_unknown_loop_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EVENT_LOOP_ENV, "trio")
+    with pytest.raises(InvalidInputError, match="SKIFF_EVENT_LOOP must be uvloop or asyncio"):
+        event_loop_factory()
