@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
+from shared._zstdframe import FrameWalker
 from shared.digest import sha256_digest
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "all_pages",
     "api",
     "api_ok",
+    "frame_lengths",
     "free_port",
     "init_central",
     "put_blob",
@@ -407,3 +409,15 @@ def running_central(data_dir: Path, **config: object) -> Iterator[CentralProcess
             central.stop()
         finally:
             central.kill()
+
+
+def frame_lengths(data: bytes) -> list[int]:
+    """The compressed length of each frame in ``data``."""
+    walker, lengths, current = FrameWalker(), [], 0
+    for piece in walker.split(data):
+        current += len(piece.data)
+        if piece.ends_frame:
+            lengths.append(current)
+            current = 0
+    assert current == 0 and walker.done
+    return lengths

@@ -30,7 +30,7 @@ from shared.errors import (
 from shared.manifest import FileEntry
 from shared.segments import is_encrypted, new_key
 from tests.edge.test_fetcher import TOKEN, BlobServer, make_blob, running_blob_server
-from tests.unit.test_codec import frame_lengths
+from tests.support import frame_lengths
 
 
 @pytest.fixture

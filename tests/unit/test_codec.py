@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from shared._zstdframe import FrameWalker
 from shared.codec import (
     FRAME_SIZE,
     BoundedDecompressor,
@@ -22,6 +21,7 @@ from shared.codec import (
 )
 from shared.digest import sha256_digest, sha256_file
 from shared.errors import DigestMismatchError, FormatError, InvalidInputError, LengthError
+from tests.support import frame_lengths
 
 MIB = 1 << 20
 
@@ -121,18 +121,6 @@ def test_frames_in_sequence_decode_to_their_concatenation() -> None:
 def test_garbage_after_a_frame_is_rejected() -> None:
     with pytest.raises(FormatError, match="bad magic"):
         decompress(compress(b"abc") + b"trailing garbage", 100)
-
-
-def frame_lengths(data: bytes) -> list[int]:
-    """The compressed length of each frame in ``data``."""
-    walker, lengths, current = FrameWalker(), [], 0
-    for piece in walker.split(data):
-        current += len(piece.data)
-        if piece.ends_frame:
-            lengths.append(current)
-            current = 0
-    assert current == 0 and walker.done
-    return lengths
 
 
 def test_large_content_is_written_as_frames_of_frame_size() -> None:
