@@ -398,9 +398,16 @@ def all_pages(central: CentralProcess, path: str, limit: int = 1000) -> list[dic
 
 
 @contextlib.contextmanager
-def running_central(data_dir: Path, **config: object) -> Iterator[CentralProcess]:
-    """Init and start a central in ``data_dir``; stop it on exit, even on failure."""
+def running_central(
+    data_dir: Path, *, env: dict[str, str] | None = None, **config: object
+) -> Iterator[CentralProcess]:
+    """Init and start a central in ``data_dir``; stop it on exit, even on failure.
+
+    ``env`` adds to the server's environment; keyword arguments are settings, as in
+    ``init_central``.
+    """
     central = init_central(data_dir, **config)
+    central.env.update(env or {})
     try:
         central.start()
         yield central

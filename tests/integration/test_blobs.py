@@ -342,17 +342,10 @@ def loop_central(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CentralProcess]:
     """A central on each event loop: uvloop sends blobs in chunks, asyncio by sendfile(2)."""
-    central = init_central(tmp_path_factory.mktemp(request.param) / "central")
-    central.env[EVENT_LOOP_ENV] = request.param
-    try:
-        central.start()
+    data_dir = tmp_path_factory.mktemp(request.param) / "central"
+    with running_central(data_dir, env={EVENT_LOOP_ENV: request.param}) as central:
         assert f"({request.param} event loop)" in central.log_text()
         yield central
-    finally:
-        try:
-            central.stop()
-        finally:
-            central.kill()
 
 
 def test_a_blob_of_several_chunks_comes_back_whole_and_in_ranges(
