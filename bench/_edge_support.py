@@ -189,10 +189,15 @@ def central_init(data_dir: Path) -> str:
         raise BenchError(f"central init printed no admin_token: {proc.stdout!r}") from e
 
 
+def _import_repo() -> None:
+    """Make the repository's packages importable when the bench runs as a script."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
+
 def event_loop_name() -> str:
     """The event loop central, the agent and the bare server run on: uvloop or asyncio."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
+    _import_repo()
     from shared.aio import event_loop_factory
 
     return event_loop_factory().__module__.partition(".")[0]
@@ -206,8 +211,7 @@ def central_process(data_dir: Path, log: Path) -> Process:
 
 def agent_process(work: Path, settings: dict[str, Any], log: Path) -> Process:
     """An edge agent with ``edge.toml`` written from ``settings`` (listen is added here)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
+    _import_repo()
     from edge_agent.config import render_toml
 
     port = free_port()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -12,8 +11,6 @@ from typing import Any
 from shared.errors import InvalidInputError
 
 __all__ = ["EVENT_LOOP_ENV", "event_loop_factory", "loop_name", "run", "wait_set"]
-
-logger = logging.getLogger(__name__)
 
 EVENT_LOOP_ENV = "SKIFF_EVENT_LOOP"
 """``uvloop`` (the default where it is installed) or ``asyncio`` (the standard loop)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 import uvloop
@@ -55,16 +53,13 @@ def test_the_standard_loop_can_be_chosen(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
     assert event_loop_factory() is asyncio.new_event_loop
 
-    async def name() -> str:
-        return loop_name()
-
     seen: list[str] = []
-    run(_append(seen, name()))
+
+    async def record() -> None:
+        seen.append(loop_name())
+
+    run(record())
     assert seen == ["asyncio"]
-
-
-async def _append(out: list[str], value: Coroutine[Any, Any, str]) -> None:
-    out.append(await value)
 
 
 def test_an_unknown_loop_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
