@@ -104,11 +104,16 @@ class _Reads(
         return [await self._model(r) for r in await self._all(sql, params)]
 
     async def _model(self, row: sqlite3.Row) -> Model:
+        # A registration leaves the model's row alone (one page fewer in its commit): the
+        # model was last updated when its row was, or when its newest version came.
         latest = await self._one(
-            "SELECT version, (SELECT count(*) FROM versions WHERE model_id = ?) AS n "
-            "FROM versions WHERE model_id = ? ORDER BY sort_key DESC LIMIT 1",
-            (row["id"], row["id"]),
+            "SELECT (SELECT version FROM versions WHERE model_id = ?1"
+            " ORDER BY sort_key DESC LIMIT 1) AS version, s.n,"
+            " (SELECT created_at FROM versions WHERE id = s.newest) AS newest_at"
+            " FROM (SELECT count(*) AS n, max(id) AS newest FROM versions WHERE model_id = ?1) s",
+            (row["id"],),
         )
+        assert latest is not None  # an aggregate always gives a row
         aliases = await self._all(
             "SELECT a.name, v.version FROM aliases a JOIN versions v ON v.id = a.version_id "
             "WHERE a.model_id = ? ORDER BY a.name",
@@ -121,9 +126,9 @@ class _Reads(
             owner=row["owner"],
             tags=json.loads(row["tags"]),
             created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            latest_version=None if latest is None else latest["version"],
-            version_count=0 if latest is None else latest["n"],
+            updated_at=max(row["updated_at"], latest["newest_at"] or ""),
+            latest_version=latest["version"],
+            version_count=latest["n"],
             aliases={a["name"]: a["version"] for a in aliases},
         )
 
@@ -389,8 +394,8 @@ class Transaction(
             [(version_id, f["path"], f["digest"]) for f in v.files],
         )
         # Its facets, tags, metrics and description reach the search index later, in
-        # batches, in a file of its own (sqlite_search).
-        await self._run("UPDATE models SET updated_at = ? WHERE id = ?", (v.created_at, model_id))
+        # batches, in a file of its own (sqlite_search). The model's row is not touched:
+        # its updated_at is read from its newest version (see _model).
         return version_id
 
     async def set_stage(self, version_id: int, stage: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from central.domain import Version
 from central.stores import sqlite as sqlite_module
 from central.stores.sqlite import SqliteStore
 from shared.errors import ConflictError
@@ -320,3 +321,53 @@ async def test_a_search_index_locked_by_another_process_is_not_rebuilt(
         assert await store.search.index(500) == (0, 1)  # the index it built is still there
     finally:
         await store.close()
+
+
+def _version(number: str, created_at: str) -> Version:
+    return Version(
+        id=0,
+        model="m",
+        version=number,
+        branch="main",
+        parent=None,
+        format="other",
+        stage="development",
+        description="",
+        owner="admin",
+        tags={},
+        metadata={},
+        signature=None,
+        files=[],
+        manifest={},
+        manifest_digest=f"sha256:{number}",
+        metadata_digest="sha256:m",
+        created_at=created_at,
+    )
+
+
+async def test_a_model_was_last_updated_by_its_row_or_its_newest_version(
+    store: SqliteStore,
+) -> None:
+    async with store.transaction() as tx:
+        model_id = await tx.insert_model("m", "", "admin", {}, "2026-01-01T00:00:00Z")
+    model = await store.get_model("m")
+    assert model is not None
+    assert (model.updated_at, model.latest_version, model.version_count) == (
+        "2026-01-01T00:00:00Z",
+        None,
+        0,
+    )
+    for number, at in (("2.0.0", "2026-02-01T00:00:00Z"), ("1.5.0", "2026-03-01T00:00:00Z")):
+        async with store.transaction() as tx:
+            await tx.insert_version(model_id, _version(number, at), number.zfill(8))
+    model = await store.get_model("m")
+    assert model is not None  # the newest version came last, the latest is the highest
+    assert (model.updated_at, model.latest_version, model.version_count) == (
+        "2026-03-01T00:00:00Z",
+        "2.0.0",
+        2,
+    )
+    async with store.transaction() as tx:
+        await tx.update_model(model_id, "described", {}, "2026-04-01T00:00:00Z")
+    model = await store.get_model("m")
+    assert model is not None and model.updated_at == "2026-04-01T00:00:00Z"
