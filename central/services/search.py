@@ -258,8 +258,11 @@ class SearchService:
                 where.append(f"{'f.version_id' if query.facet else 'v.id'} {cmp} ?")
                 params.append(last_id)
             else:
-                sort_col = "v.sort_key" if order.startswith("version") else "sm.value"
-                where.append(f"({sort_col}, v.id) {cmp} (?, ?)")
+                by_version = order.startswith("version")
+                sort_col, tie = (
+                    ("v.sort_key", "v.id") if by_version else ("sm.value", "sm.version_id")
+                )
+                where.append(f"({sort_col}, {tie}) {cmp} (?, ?)")
                 params += [value, last_id]
         rows = await self._store.search_versions(
             where, params, order, limit + 1, order_key, query.facet

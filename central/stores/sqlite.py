@@ -596,7 +596,11 @@ class SqliteStore(_Reads):
         page = f"SELECT v.id, {sort_col} AS sort_value FROM {source} {join}"
         if conditions:
             page += " WHERE " + " AND ".join(conditions)
-        page += f" ORDER BY sort_value {direction}, v.id {direction} LIMIT ?"
+        # Ties go by the id the sort's own index holds (a metric's entry names its
+        # version): the walk then follows that index and stops after the page's rows,
+        # where ordering by the versions' id would sort every match first.
+        tie = "sm.version_id" if join else "v.id"
+        page += f" ORDER BY sort_value {direction}, {tie} {direction} LIMIT ?"
         sql = (
             f"WITH page AS ({page}) SELECT {_VERSION_COLUMNS}, page.sort_value FROM page "
             "JOIN versions v ON v.id = page.id JOIN models m ON m.id = v.model_id "

@@ -396,3 +396,25 @@ def test_versions_reach_the_search_tables_without_a_search(
     assert len(rows) == 1, "the description was not indexed within 10 s"
     assert tags == [(rows[0][0],)], "the tag was not indexed with the description"
     assert metrics == [(0.75,)], "the metric was not indexed with the description"
+
+
+@pytest.mark.parametrize("direction", ["desc", "asc"])
+def test_equal_metrics_page_in_registration_order(
+    central_module: CentralProcess, direction: str
+) -> None:
+    """Versions with one metric value are ordered by registration, page after page."""
+    model = unique("tie")
+    for i in range(5):
+        register(
+            central_module,
+            model,
+            f"1.0.{i}",
+            tags={"kind": "tied" if i != 2 else "other"},
+            metadata={"training": {"metrics": {"auc": 0.5 if i else 0.4}}},
+        )
+    flt = f"name = '{model}' and metrics.auc >= 0.4 and tags.kind = 'tied'"
+    order = f"metrics.auc {direction}"
+    ascending = [(model, v) for v in ("1.0.0", "1.0.1", "1.0.3", "1.0.4")]
+    expected = ascending if direction == "asc" else list(reversed(ascending))
+    assert _search(central_module, flt, order) == expected
+    assert _search(central_module, flt, order, limit=1) == expected
