@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from central.api.common import json_response, limit_param, read_json
-from central.api.keys import ACTOR, CONFIG, WEBHOOKS
+from central.api.keys import ACTOR, CONFIG, WEBHOOK_DELIVERY, WEBHOOKS
 from shared.errors import InvalidInputError
 
 MAX_BODY = 64_000  # a webhook body is a URL, a few patterns and a secret
@@ -14,6 +14,7 @@ MAX_BODY = 64_000  # a webhook body is a URL, a few patterns and a secret
 async def create_webhook(request: web.Request) -> web.Response:
     body = await read_json(request, min(MAX_BODY, request.app[CONFIG].max_json_bytes))
     hook, secret = await request.app[WEBHOOKS].create(request[ACTOR], body)
+    request.app[WEBHOOK_DELIVERY].poke()
     record = hook.to_dict()
     if secret is not None:
         record["secret"] = secret  # generated: shown this once
@@ -37,6 +38,7 @@ async def redeliver(request: web.Request) -> web.Response:
     delivery = await request.app[WEBHOOKS].redeliver(
         request[ACTOR], request.match_info["webhook_id"], int(raw)
     )
+    request.app[WEBHOOK_DELIVERY].poke()
     return json_response(request, delivery.to_dict(), etag=False)
 
 

@@ -1,15 +1,16 @@
 """The change feed: tells in-process listeners about every committed change, in order.
 
-Changes committed by this process poke the feed at once; changes committed by other
-central replicas sharing the database are picked up by polling the change log, so
-caches and long-polls stay right with several replicas behind a load balancer.
+Changes committed by this process reach the listeners as the commit returns, without
+reading them back; changes committed by other central replicas sharing the database
+are picked up by polling the change log, so caches and long-polls stay right with
+several replicas behind a load balancer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from central.domain import Change
 from central.stores.sqlite import SqliteStore
@@ -35,9 +36,19 @@ class ChangeFeed:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def poke(self) -> None:
-        """Something was committed: read the log now rather than at the next tick."""
-        self._poked.set()
+    def poke(self, committed: Sequence[Change] = ()) -> None:
+        """This process committed ``committed``: hand them over, or read the log now.
+
+        A commit that follows the last change handed over is passed on at once. After a
+        gap (another replica's commit came between) the log is read now rather than at
+        the next tick, in order. A commit that appended no change tells nobody anything.
+        """
+        if not committed:
+            return
+        if committed[0].seq == self.last_seq + 1:
+            self._hand_over(committed)
+        elif committed[0].seq > self.last_seq:
+            self._poked.set()
 
     async def start(self) -> None:
         self.last_seq = await self._store.last_seq()
@@ -50,9 +61,9 @@ class ChangeFeed:
         while True:
             await wait_set(self._poked, self._interval)
             if self._poked.is_set():
-                # A commit after a quiet spell is read at once (an alias move reaches
-                # long-polling devices without delay); in a burst, reads come at most
-                # every COALESCE_SECONDS, each taking all the commits since the last.
+                # Another replica's commit found after a quiet spell is read at once;
+                # in a burst, reads come at most every COALESCE_SECONDS, each taking
+                # all the commits since the last.
                 delay = last_read + COALESCE_SECONDS - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -66,9 +77,18 @@ class ChangeFeed:
     async def catch_up(self) -> None:
         while True:
             changes = await self._store.list_changes(self.last_seq, BATCH)
-            for change in changes:
-                self.last_seq = change.seq
-                for listener in self._listeners:
-                    listener(change)
+            self._hand_over(changes)
             if len(changes) < BATCH:
                 return
+
+    def _hand_over(self, changes: Sequence[Change]) -> None:
+        """Tell every listener about each change not handed over yet, in order."""
+        for change in changes:
+            if change.seq <= self.last_seq:  # read back while handed over at its commit
+                continue
+            self.last_seq = change.seq
+            for listener in self._listeners:
+                try:
+                    listener(change)
+                except Exception:  # the others are still told, and the commit stands
+                    logger.exception("A change listener failed on change %d", change.seq)

@@ -85,9 +85,18 @@ class WebhookDispatcher:
         self._concurrency = concurrency
         self._poked = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        # No webhook at the last look: a change concerns nobody, and the loop's idle
+        # look (every IDLE_SECONDS) finds a hook another replica adds.
+        self._no_hooks = False
 
     def on_change(self, change: Change) -> None:
         """A change-feed listener: something was committed, look at the log now."""
+        if not self._no_hooks:
+            self._poked.set()
+
+    def poke(self) -> None:
+        """A webhook was added or a delivery queued here: look at once."""
+        self._no_hooks = False
         self._poked.set()
 
     async def run(self) -> None:
@@ -119,6 +128,7 @@ class WebhookDispatcher:
     async def enqueue(self) -> int:
         """Write the deliveries of the changes after the cursor; returns how many changes."""
         hooks = await self._store.list_webhooks()
+        self._no_hooks = not hooks
         if not hooks or await self._store.last_seq() <= await self._store.webhook_cursor():
             return 0
         async with self._store.transaction() as tx:

@@ -332,6 +332,10 @@ class Transaction(
 ):
     """Writes of one ``BEGIN IMMEDIATE`` transaction; reads see its own writes."""
 
+    def __init__(self, db: Statements) -> None:
+        super().__init__(db)
+        self.changes: list[Change] = []  # appended to the change log, in order
+
     async def insert_model(
         self, name: str, description: str, owner: str, tags: dict[str, str], at: str
     ) -> int:
@@ -454,10 +458,13 @@ class Transaction(
         alias: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> int:
-        return await self._run(
+        at, text = format_time(utcnow()), dumps(data or {})
+        seq = await self._run(
             "INSERT INTO changes (at, kind, model, version, alias, data) VALUES (?,?,?,?,?,?)",
-            (format_time(utcnow()), kind, model, version, alias, dumps(data or {})),
+            (at, kind, model, version, alias, text),
         )
+        self.changes.append(Change(seq, at, kind, model, version, alias, jsonio.loads(text)))
+        return seq
 
     async def insert_token(self, token: Token, token_hash: str) -> None:
         await self._run(
@@ -546,7 +553,8 @@ class SqliteStore(_Reads):
         self._last_checkpoint = 0.0
         self._frame_bytes = 24 + 4096  # a WAL frame: its header and one page
         self._lock = asyncio.Lock()
-        self.on_commit: Callable[[], None] | None = None  # told after every commit
+        # told after every commit, with the changes it appended to the log
+        self.on_commit: Callable[[Sequence[Change]], None] | None = None
         self.search = SearchIndex(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
 
     async def open(self) -> None:
@@ -695,8 +703,9 @@ class SqliteStore(_Reads):
             statements: Statements = (
                 _OffloadedStatements(conn, self._offload) if offload else InlineStatements(conn)
             )
+            tx = Transaction(statements)
             try:
-                yield Transaction(statements)
+                yield tx
             except BaseException:
                 if self._inflight is not None and not self._inflight.done():
                     self._offload(lambda: _rollback(conn))  # after the statement in flight
@@ -709,7 +718,7 @@ class SqliteStore(_Reads):
                 conn.execute("COMMIT")
         self._committed()
         if self.on_commit is not None:
-            self.on_commit()
+            self.on_commit(tx.changes)
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, retried without blocking while another process writes."""
