@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,10 @@ class Query:
 
 
 def to_sql(
-    clauses: list[Clause], sorted_metric: str | None = None, order: str = "created_at desc"
+    clauses: list[Clause],
+    sorted_metric: str | None = None,
+    order: str = "created_at desc",
+    common_tags: frozenset[tuple[str, str]] = frozenset(),
 ) -> Query:
     """The SQL of ``clauses`` for a search in ``order`` (see :func:`parse_order`).
 
@@ -143,6 +147,10 @@ def to_sql(
     clause, the first of them is walked in id order (the page ends after its rows) and
     the rest are checked on each candidate's row; in a version order each is a subquery
     on the facet; in a metric order, whose index the walk follows, a check.
+
+    A tag equality collects the tag's versions, except in a metric order for the
+    ``common_tags`` (key, value) pairs: there each version the walk meets is looked up,
+    as collecting thousands of versions would cost more than the walk to a page.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -184,6 +192,17 @@ def to_sql(
                 f"v.id IN (SELECT version_id FROM version_metrics WHERE key = ? AND value {op} ?)"
             )
             params += [c.field.removeprefix("metrics."), c.value]
+        elif (
+            c.field.startswith("tags.")
+            and c.op == "="
+            and sorted_metric is not None
+            and (c.field.removeprefix("tags."), c.value) in common_tags
+        ):
+            where.append(
+                "EXISTS (SELECT 1 FROM version_tags t WHERE t.version_id = sm.version_id"
+                " AND t.key = ? AND t.value = ?)"
+            )
+            params += [c.field.removeprefix("tags."), c.value]
         elif c.field.startswith(("tags.", "model_tags.")):
             table, column = (
                 ("version_tags", "v.id")
@@ -236,6 +255,29 @@ class SearchService:
         self._store = store
         self._index = index
 
+    async def _common_tags(self, clauses: list[Clause], limit: int) -> frozenset[tuple[str, str]]:
+        """The tag equalities a metric order's walk should check version by version.
+
+        Collecting a tag's n versions costs about n steps; looking each version the walk
+        meets up costs a few steps more each, and a walk that keeps one version in
+        versions/n meets about limit * versions/n of them. Looking up is the cheaper
+        when n * n > 4 * limit * versions: counted only that far, never whole.
+        """
+        tags = [
+            (c.field.removeprefix("tags."), str(c.value))
+            for c in clauses
+            if c.field.startswith("tags.") and c.op == "="
+        ]
+        if not tags:
+            return frozenset()
+        versions = await self._store.last_version_id()
+        enough = math.isqrt(4 * (limit + 1) * versions) + 1
+        common = set()
+        for key, value in tags:
+            if await self._store.count_tagged(key, value, at_most=enough) >= enough:
+                common.add((key, value))
+        return frozenset(common)
+
     async def search(
         self, actor: Actor, text: str, order_by: str, limit: int, cursor: str | None
     ) -> Page:
@@ -243,7 +285,8 @@ class SearchService:
         order, order_key = parse_order(order_by)
         clauses = parse_filter(text) if text.strip() else []
         await self._index.catch_up()  # so it holds every version committed so far
-        query = to_sql(clauses, order_key, order)
+        common = await self._common_tags(clauses, limit) if order_key else frozenset()
+        query = to_sql(clauses, order_key, order, common)
         where, params = query.where, query.params
         if actor.models is not None:  # a scoped token finds only the models it may read
             globs = " OR ".join(["name GLOB ?"] * len(actor.models)) or "0"

@@ -568,6 +568,14 @@ class SqliteStore(_Reads):
         super().__init__(ThreadedStatements(await self._connect(attach_search=True)))
         self._last_checkpoint = time.monotonic()
 
+    async def count_tagged(self, key: str, value: str, *, at_most: int) -> int:
+        """How many versions carry the tag ``key=value`` (search index), up to ``at_most``."""
+        row = await self._one(
+            "SELECT count(*) FROM (SELECT 1 FROM version_tags WHERE key = ? AND value = ? LIMIT ?)",
+            (key, value, at_most),
+        )
+        return 0 if row is None else int(row[0])
+
     async def search_versions(
         self,
         where: Sequence[str],

@@ -418,3 +418,29 @@ def test_equal_metrics_page_in_registration_order(
     expected = ascending if direction == "asc" else list(reversed(ascending))
     assert _search(central_module, flt, order) == expected
     assert _search(central_module, flt, order, limit=1) == expected
+
+
+def test_a_common_tag_in_a_metric_order_finds_what_a_rare_one_would(
+    central_module: CentralProcess,
+) -> None:
+    """Pages of one or two versions check a tag most versions carry version by version;
+    one page of a thousand collects the tag's versions. Both find the same, in order."""
+    model = unique("common")
+    for i in range(80):
+        register(
+            central_module,
+            model,
+            f"1.0.{i}",
+            tags={"kind": "common" if i % 4 else "rare"},
+            metadata={"training": {"metrics": {"auc": round(0.5 + (i % 7) / 100, 2)}}},
+        )
+    for kind in ("common", "rare"):
+        flt = f"name = '{model}' and tags.kind = '{kind}' and metrics.auc > 0.51"
+        whole = _search(central_module, flt, "metrics.auc desc")
+        assert len(whole) == sum(
+            1 for i in range(80) if (i % 4 != 0) == (kind == "common") and i % 7 > 1
+        )
+        assert _search(central_module, flt, "metrics.auc desc", limit=1) == whole
+        assert _search(central_module, flt, "metrics.auc desc", limit=2) == whole
+        aucs = [round(0.5 + (int(v.rsplit(".", 1)[1]) % 7) / 100, 2) for _, v in whole]
+        assert aucs == sorted(aucs, reverse=True)
