@@ -371,3 +371,46 @@ async def test_a_model_was_last_updated_by_its_row_or_its_newest_version(
         await tx.update_model(model_id, "described", {}, "2026-04-01T00:00:00Z")
     model = await store.get_model("m")
     assert model is not None and model.updated_at == "2026-04-01T00:00:00Z"
+
+
+def test_the_log_tables_drop_autoincrement_and_keep_every_row(tmp_path: Path) -> None:
+    """A registry of an earlier release keeps its change cursors and audit chain."""
+    db = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    try:
+        db.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        for number, script in sqlite_module._migrations():
+            if number < 16:  # the layout before the log tables dropped AUTOINCREMENT
+                applied = f"INSERT INTO schema_migrations VALUES ({number}, 't');"
+                db.executescript(f"BEGIN;\n{script}\n{applied}\nCOMMIT;")
+        for i in range(1, 4):
+            db.execute(
+                "INSERT INTO changes (at, kind, data) VALUES (?, 'k', ?)",
+                (f"t{i}", f'{{"i": {i}}}'),
+            )
+            db.execute(
+                "INSERT INTO audit (at, actor, role, action, target, outcome, prev_hash, hash)"
+                " VALUES (?, 'admin', 'admin', 'a', 'x', 'ok', ?, ?)",
+                (f"t{i}", f"h{i - 1}", f"h{i}"),
+            )
+        before = [
+            db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("changes", "audit")
+        ]
+
+        sqlite_module._migrate(db)
+
+        after = [
+            db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("changes", "audit")
+        ]
+        assert after == before
+        schema = " ".join(
+            r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")
+        )
+        assert "AUTOINCREMENT" not in schema.upper()
+        assert db.execute("SELECT count(*) FROM sqlite_sequence").fetchone() == (0,)
+        db.execute("INSERT INTO changes (at, kind) VALUES ('t4', 'k')")
+        assert db.execute("SELECT max(seq) FROM changes").fetchone() == (4,)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
