@@ -3,24 +3,11 @@ listeners as they return, another replica's are read from the log, in order, onc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from central.domain import Change
 from central.services.feed import ChangeFeed
 from central.stores.sqlite import SqliteStore
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "registry.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _commit(store: SqliteStore, *kinds: str) -> None:

@@ -8,7 +8,6 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ from central.domain import Version
 from central.stores import sqlite as sqlite_module
 from central.stores.sqlite import SqliteStore
 from shared.errors import ConflictError
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "registry.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _add_change(store: SqliteStore, kind: str, *, offload: bool = False) -> None:
