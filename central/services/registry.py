@@ -271,10 +271,9 @@ class RegistryService:
     async def _insert(self, tx: Transaction, actor: Actor, p: _Prepared) -> Version:
         """Write one prepared version; returns it as stored (a new version has no alias)."""
         r = p.request
-        model_id = await tx.model_id(r.model)
+        model_id, latest = await tx.model_and_latest(r.model, r.branch)
         if model_id is None:
             model_id = await self._insert_model(tx, actor, r.model, "", {})
-        latest = await tx.latest_on_branch(model_id, r.branch)
         version = r.version or next_version(latest, r.branch)
         parent = r.parent if r.parent is not None else latest
         if r.parent is not None and await tx.get_version(r.model, r.parent) is None:

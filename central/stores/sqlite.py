@@ -196,13 +196,14 @@ class _Reads(
         params.append(limit)
         return await self._versions(await self._all(sql, params))
 
-    async def latest_on_branch(self, model_id: int, branch: str) -> str | None:
+    async def model_and_latest(self, name: str, branch: str) -> tuple[int | None, str | None]:
+        """The model's id and its highest version on ``branch`` (None when there is none)."""
         row = await self._one(
-            "SELECT version FROM versions WHERE model_id = ? AND branch = ? "
-            "ORDER BY sort_key DESC LIMIT 1",
-            (model_id, branch),
+            "SELECT id, (SELECT version FROM versions WHERE model_id = models.id AND branch = ?"
+            " ORDER BY sort_key DESC LIMIT 1) AS latest FROM models WHERE name = ?",
+            (branch, name),
         )
-        return None if row is None else str(row["version"])
+        return (None, None) if row is None else (int(row["id"]), row["latest"])
 
     async def _versions(self, rows: list[sqlite3.Row]) -> list[Version]:
         return [_version(r) for r in rows]
