@@ -7,6 +7,7 @@ from its caller instead.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from datetime import UTC, datetime
 
@@ -25,15 +26,27 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The last second formatted and its text: a busy server formats the same second many
+# times (a registration stamps its version, change and audit rows), and strftime is slow.
+_last_formatted: tuple[int, str] = (-(2**63), "")
+
+
 def format_time(dt: datetime) -> str:
     """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` (seconds precision).
 
     Raises:
         ValueError: ``dt`` is naive.
     """
+    global _last_formatted
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"expected a timezone-aware datetime, got {dt!r}")
-    return dt.astimezone(UTC).strftime(TIME_FORMAT)
+    second = math.floor(dt.timestamp())
+    last = _last_formatted  # one read: another thread may replace it meanwhile
+    if last[0] == second:
+        return last[1]
+    text = dt.astimezone(UTC).strftime(TIME_FORMAT)
+    _last_formatted = (second, text)
+    return text
 
 
 def parse_time(s: str) -> datetime:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -32,7 +32,7 @@ def _error(
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id and count it, by route and status."""
-    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or os.urandom(16).hex()
     bound = bind_request_id(request[REQUEST_ID])  # audit rows name the request
     start = time.perf_counter()
     status = 500

@@ -47,3 +47,19 @@ def test_utcnow_is_aware() -> None:
 def test_parse_rejects(value: object) -> None:
     with pytest.raises(FormatError):
         parse_time(value)  # type: ignore[arg-type]
+
+
+def test_formatting_one_second_after_another_never_repeats_the_last_text() -> None:
+    """Times a microsecond apart, across second boundaries, zones and 1970, in turn."""
+    india = timezone(timedelta(hours=5, minutes=30))
+    start = datetime(1969, 12, 31, 23, 59, 58, 999_998, tzinfo=UTC)
+    for step in range(6):
+        for zone in (UTC, india):
+            moment = (start + timedelta(microseconds=step)).astimezone(zone)
+            expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert format_time(moment) == expected
+            assert format_time(moment + timedelta(seconds=1)) != expected
+            assert format_time(moment) == expected
+    later = datetime(2026, 11, 27, 2, 0, 0, 999_999, tzinfo=UTC)
+    assert format_time(later) == "2026-11-27T02:00:00Z"
+    assert format_time(later + timedelta(microseconds=1)) == "2026-11-27T02:00:01Z"
