@@ -184,7 +184,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     app[ROLLOUTS] = RolloutService(store, states, aliases)
     app[ROLLOUTS].drift = app[DRIFT]
     app[ROLLOUTS].approvals = app[APPROVALS]
-    app[AUDIT] = AuditService(store, signer)
+    app[AUDIT] = AuditService(store, signer, search_index)
     await app[AUDIT].start()
     await feed.start()
     await sync.start()

@@ -26,6 +26,7 @@ from central.services._auditchain import (
     trusted_roots,
 )
 from central.services.permissions import READ_AUDIT, require_unscoped
+from central.services.searchindex import SearchIndexer
 from central.services.signing import Signer
 from central.stores.sqlite import SqliteStore
 from central.stores.sqlite_audit import AuditFilter, CheckpointRow
@@ -43,9 +44,10 @@ ANONYMOUS = "anonymous"  # the actor of a request without a valid token
 class AuditService:
     """Reads, verifies and checkpoints the hash-chained audit log."""
 
-    def __init__(self, store: SqliteStore, signer: Signer) -> None:
+    def __init__(self, store: SqliteStore, signer: Signer, index: SearchIndexer) -> None:
         self._store = store
         self._signer = signer
+        self._index = index  # the actor, action and time of each row are looked up there
 
     async def start(self) -> None:
         """Chain the rows written before the log was chained (once, after the migration)."""
@@ -77,6 +79,7 @@ class AuditService:
                 raise InvalidInputError(f"since: {e}") from e
         where = AuditFilter(actor=actor_name, model=model, action=action, since=since)
         before = None if cursor is None else _decode(cursor)
+        await self._index.catch_up()  # so it holds every row committed so far
         rows = await self._store.list_audit(where, before, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]

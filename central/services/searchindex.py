@@ -1,4 +1,5 @@
-"""The search index of versions (facets, tags, metrics, description words), in batches.
+"""The search index of versions (facets, tags, metrics, description words) and of the
+audit log (actor, action, time), in batches.
 
 Registering a version writes only the version: each entry of a search table lands on
 its own B-tree page, and writing those pages one registration at a time cost more
@@ -7,7 +8,7 @@ index segment per transaction). The indexer adds the versions registered since i
 last run in one transaction shortly after they commit, by this replica or another, in
 a database file of its own (``central.stores.sqlite_search``) whose write lock no
 registration waits for. Every search first brings it up to date, so it sees every
-version committed before it.
+version committed before it; so does every audit listing, for the audit rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 # Seconds between a registration and the run that indexes it with all that followed: the
 # more versions a run takes, the more of their entries share B-tree pages.
 INDEX_DELAY = 1.0
-BATCH = 1000  # versions per indexing transaction
+BATCH = 1000  # versions (and as many audit rows) per indexing transaction
 
 
 class SearchIndexer:
@@ -35,11 +36,11 @@ class SearchIndexer:
         self._lock = asyncio.Lock()
         self._pending = asyncio.Event()
         self._pending.set()  # versions left unindexed by a stop are indexed at start
-        self._indexed_through = -1  # the last version id indexed, as far as we know
+        self._indexed_through = (-1, -1)  # the last version and audit row ids indexed
 
     def on_change(self, change: Change) -> None:
-        if change.kind == "version.registered":
-            self._pending.set()
+        # Most changes come with an audit row; a registration with a version too.
+        self._pending.set()
 
     async def run(self) -> None:
         """Index registrations a moment after they commit, until cancelled."""
@@ -49,22 +50,27 @@ class SearchIndexer:
             self._pending.clear()
             try:
                 await self.catch_up()
-            except Exception:  # the next registration, or search, tries again
-                logger.exception("Indexing versions for search failed")
+            except Exception:  # the next change, search or audit listing tries again
+                logger.exception("Indexing versions and audit rows for search failed")
 
     async def catch_up(self) -> int:
-        """Index every version committed so far; returns how many it went through.
+        """Index every version and audit row committed so far; returns how many versions
+        it went through.
 
         Costs one read when there is nothing to index.
         """
-        if await self._store.last_version_id() <= self._indexed_through:
+        last = await self._store.last_ids()
+        if last[0] <= self._indexed_through[0] and last[1] <= self._indexed_through[1]:
             return 0
         async with self._lock:
             total = 0
             while True:
                 # In the index's own file, on its own thread: registrations go on.
-                done, through = await self._store.search.index(BATCH)
-                total += done
-                self._indexed_through = max(self._indexed_through, through)
-                if done < BATCH:
+                done = await self._store.search.index(BATCH)
+                total += done.versions
+                self._indexed_through = (
+                    max(self._indexed_through[0], done.versions_through),
+                    max(self._indexed_through[1], done.audit_through),
+                )
+                if done.versions < BATCH and done.audit_rows < BATCH:
                     return total

@@ -134,6 +134,14 @@ class _Reads(
 
     # versions
 
+    async def last_ids(self) -> tuple[int, int]:
+        """The id of the last version and of the last audit row (0 when there is none)."""
+        row = await self._one(
+            "SELECT (SELECT coalesce(max(id), 0) FROM versions),"
+            " (SELECT coalesce(max(id), 0) FROM audit)"
+        )
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     async def last_version_id(self) -> int:
         """The id of the last version registered (0 when there is none)."""
         row = await self._one("SELECT max(id) FROM versions")

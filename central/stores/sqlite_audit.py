@@ -170,17 +170,40 @@ def _where(f: AuditFilter) -> tuple[list[str], list[Any]]:
     return where, params
 
 
+def _facet(f: AuditFilter) -> tuple[str, str, str] | None:
+    """The search index's entries to walk for ``f``: (field, comparison, value)."""
+    if f.actor is not None:
+        return "actor", "=", f.actor
+    if f.action is not None and not f.action.endswith(".*"):
+        return "action", "=", f.action
+    if f.since is not None:
+        return "at", ">=", f.since
+    return None
+
+
 class AuditReads(SqlBase):
     async def list_audit(self, f: AuditFilter, before: int | None, limit: int) -> list[AuditEntry]:
-        """Matching rows, newest first, with ids below ``before``."""
+        """Matching rows, newest first, with ids below ``before``.
+
+        Reads the search index (attached as ``search``), which the caller has brought
+        up to date: an actor, an action or a time is found through its entries there.
+        """
         where, params = _where(f)
         if before is not None:
             where.append("id < ?")
             params.append(before)
-        sql = "SELECT * FROM audit"
+        facet = _facet(f)
+        if facet is None:
+            sql, order = "SELECT * FROM audit", "id"
+        else:
+            field, op, value = facet
+            sql = "SELECT a.* FROM search.audit_facets x JOIN audit a ON a.id = x.audit_id"
+            where.insert(0, f"x.field = '{field}' AND x.value {op} ?")
+            params.insert(0, value)
+            order = "x.audit_id"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += f" ORDER BY {order} DESC LIMIT ?"
         return [_entry(r) for r in await self._all(sql, [*params, limit])]
 
     async def audit_after(self, after: int, limit: int) -> list[AuditEntry]:

@@ -1,8 +1,9 @@
-"""The search index: tables derived from the versions, in a database file of their own.
+"""The search index: tables derived from the registry, in a database file of their own.
 
 The branch, owner and format of every version, its tags, its metrics and the words of
-its description are copied into ``<registry>.search.db`` in batches, by a connection of
-their own on a thread of their own. Writing them takes that file's write lock, not the
+its description, and the actor, action and time of every audit row, are copied into
+``<registry>.search.db`` in batches, by a connection of their own on a thread of their
+own. Writing them takes that file's write lock, not the
 registry's: indexing a burst of a thousand versions never holds up a registration or
 an alias move. Reads see both files through one connection (``ATTACH``).
 
@@ -19,15 +20,16 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 logger = logging.getLogger(__name__)
 
-SEARCH_SCHEMA = 1  # the file's layout (PRAGMA user_version); another one is rebuilt
+SEARCH_SCHEMA = 2  # the file's layout (PRAGMA user_version); another one is rebuilt
 T = TypeVar("T")
 
 _TABLES = (
     "search_index_state",
+    "audit_facets",
     "version_facets",
     "version_tags",
     "version_metrics",
@@ -39,9 +41,16 @@ _UNREADABLE = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS search_index_state (
     id              INTEGER PRIMARY KEY CHECK (id = 1),
-    indexed_through INTEGER NOT NULL  -- every version id up to this one is indexed
+    indexed_through INTEGER NOT NULL,  -- every version id up to this one is indexed
+    audit_through   INTEGER NOT NULL   -- every audit row id up to this one is indexed
 );
-INSERT OR IGNORE INTO search_index_state (id, indexed_through) VALUES (1, 0);
+INSERT OR IGNORE INTO search_index_state (id, indexed_through, audit_through) VALUES (1, 0, 0);
+CREATE TABLE IF NOT EXISTS audit_facets (
+    field    TEXT NOT NULL,  -- actor, action or at
+    value    TEXT NOT NULL,
+    audit_id INTEGER NOT NULL,
+    PRIMARY KEY (field, value, audit_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS version_facets (
     field      TEXT NOT NULL,  -- branch, owner or format
     value      TEXT NOT NULL,
@@ -82,6 +91,15 @@ _INDEX_STATEMENTS = (
 )
 
 
+# Reads the audit rows after ?1 up to ?2 from the registry.
+_AUDIT_STATEMENT = (
+    "INSERT OR IGNORE INTO audit_facets (field, value, audit_id) "
+    "SELECT 'actor', actor, id FROM audit WHERE id > ?1 AND id <= ?2 "
+    "UNION ALL SELECT 'action', action, id FROM audit WHERE id > ?1 AND id <= ?2 "
+    "UNION ALL SELECT 'at', at, id FROM audit WHERE id > ?1 AND id <= ?2"
+)
+
+
 def search_path(registry: Path) -> Path:
     """The search index file of the registry database ``registry``."""
     return registry.with_suffix(".search.db")
@@ -116,11 +134,8 @@ class SearchIndex:
         self._executor.shutdown(wait=True)
         self._executor = None
 
-    async def index(self, limit: int) -> tuple[int, int]:
-        """Index the next ``limit`` unindexed versions in one transaction.
-
-        Returns how many versions it went through and the last version id now indexed.
-        """
+    async def index(self, limit: int) -> Indexed:
+        """Index the next ``limit`` unindexed versions and audit rows in one transaction."""
         conn = self._conn
         if conn is None:
             raise RuntimeError("search index is not open")
@@ -153,27 +168,39 @@ class SearchIndex:
                 _drop(conn)
             _create(conn)
             conn.execute("ATTACH DATABASE ? AS registry", (str(self.registry),))
-            through = _indexed_through(conn)
-            last = int(conn.execute("SELECT coalesce(max(id), 0) FROM versions").fetchone()[0])
-            if through > last:
+            through, audit_through = _indexed_through(conn)
+            last, last_audit = conn.execute(
+                "SELECT (SELECT coalesce(max(id), 0) FROM versions),"
+                " (SELECT coalesce(max(id), 0) FROM audit)"
+            ).fetchone()
+            if through > last or audit_through > last_audit:
                 logger.warning(
-                    "Search index %s is ahead of the registry (version %d of %d); rebuilding it",
+                    "Search index %s is ahead of the registry (version %d of %d, audit row"
+                    " %d of %d); rebuilding it",
                     self.path,
                     through,
                     last,
+                    audit_through,
+                    last_audit,
                 )
                 _drop(conn)
                 _create(conn)
-            elif through < last:
-                logger.info("Search index: %d versions to index", last - through)
+            elif through < last or audit_through < last_audit:
+                logger.info(
+                    "Search index: %d versions and %d audit rows to index",
+                    last - through,
+                    last_audit - audit_through,
+                )
         except BaseException:
             conn.close()
             raise
         return conn
 
 
-def _indexed_through(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT indexed_through FROM search_index_state").fetchone()[0])
+def _indexed_through(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The last version id and the last audit row id indexed."""
+    row = conn.execute("SELECT indexed_through, audit_through FROM search_index_state").fetchone()
+    return int(row[0]), int(row[1])
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -187,26 +214,49 @@ def _drop(conn: sqlite3.Connection) -> None:
     conn.executescript(f"BEGIN;\n{drops}COMMIT;")
 
 
-def _index(conn: sqlite3.Connection, limit: int) -> tuple[int, int]:
+class Indexed(NamedTuple):
+    """What one indexing transaction went through, and how far each kind is indexed."""
+
+    versions: int
+    versions_through: int
+    audit_rows: int
+    audit_through: int
+
+
+def _index(conn: sqlite3.Connection, limit: int) -> Indexed:
     conn.execute("BEGIN")
     try:
         # This file's write lock first (another replica's indexer waits here), then the
-        # registry's versions as they are now: only this file is written.
+        # registry's rows as they are now: only this file is written.
         conn.execute("UPDATE search_index_state SET indexed_through = indexed_through")
-        through = _indexed_through(conn)
-        count, last = conn.execute(
-            "SELECT count(*), max(id) FROM "
-            "(SELECT id FROM versions WHERE id > ? ORDER BY id LIMIT ?)",
-            (through, limit),
-        ).fetchone()
+        through, audit_through = _indexed_through(conn)
+        count, last = _next(conn, "versions", through, limit)
         if count:
             for sql in _INDEX_STATEMENTS:
                 conn.execute(sql, (through, last))
-            conn.execute("UPDATE search_index_state SET indexed_through = ?", (last,))
-            through = int(last)
+            through = last
+        audit_count, audit_last = _next(conn, "audit", audit_through, limit)
+        if audit_count:
+            conn.execute(_AUDIT_STATEMENT, (audit_through, audit_last))
+            audit_through = audit_last
+        if count or audit_count:
+            conn.execute(
+                "UPDATE search_index_state SET indexed_through = ?, audit_through = ?",
+                (through, audit_through),
+            )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return int(count), through
+    return Indexed(count, through, audit_count, audit_through)
+
+
+def _next(conn: sqlite3.Connection, table: str, after: int, limit: int) -> tuple[int, int]:
+    """How many of ``table``'s next ``limit`` rows after id ``after`` exist, and the last id."""
+    count, last = conn.execute(
+        f"SELECT count(*), coalesce(max(id), 0) FROM "  # table: a fixed name, never input
+        f"(SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?)",
+        (after, limit),
+    ).fetchone()
+    return int(count), int(last)

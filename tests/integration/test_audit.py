@@ -274,3 +274,38 @@ def test_rows_from_before_the_chain_are_chained_at_first_start(tmp_path: Path) -
         assert "registry.init" in proc.stdout
     finally:
         central.stop()
+
+
+def test_actor_action_and_time_filters_find_every_row_at_once(central: CentralProcess) -> None:
+    """Rows committed a moment ago are found by actor, action and time, page by page."""
+    developer = make_token(central, "developer")
+    model = unique("who")
+    register(central, model, "1.0.0", token=developer)
+    register(central, model, "1.0.1", token=developer)
+    register(central, unique("other"), "1.0.0")
+    mine = audit_rows(central, f"model={model}")
+    actor = mine[0]["actor"]
+    assert actor.startswith("developer-")
+    everything = audit_rows(central)
+
+    def expected(keep: Callable[[dict[str, Any]], bool]) -> list[int]:
+        return [r["id"] for r in everything if keep(r)]
+
+    since = mine[-1]["at"]
+    cases = {
+        f"actor={actor}": expected(lambda r: r["actor"] == actor),
+        "action=version.register": expected(lambda r: r["action"] == "version.register"),
+        f"actor={actor}&action=version.register": expected(
+            lambda r: r["actor"] == actor and r["action"] == "version.register"
+        ),
+        f"since={since}": expected(lambda r: r["at"] >= since),
+        f"since={since}&action=model.create": expected(
+            lambda r: r["at"] >= since and r["action"] == "model.create"
+        ),
+    }
+    assert len(cases[f"actor={actor}&action=version.register"]) == 2
+    for query, ids in cases.items():
+        assert ids, query
+        assert [r["id"] for r in audit_rows(central, query)] == ids, query
+        paged = all_pages(central, f"/api/v1/audit?{query}", limit=1)
+        assert [r["id"] for r in paged] == ids, query

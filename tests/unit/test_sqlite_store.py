@@ -171,7 +171,7 @@ async def test_the_wal_is_rewound_under_a_continuous_writer(
 
 
 def _add_version_rows(path: Path, version_id: int) -> None:
-    """A version as written directly to the registry database."""
+    """A version, and the audit row of its registration, as written directly."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute(
@@ -192,6 +192,16 @@ def _add_version_rows(path: Path, version_id: int) -> None:
                 json.dumps({"training": {"metrics": {"auc": version_id / 10}}}),
             ),
         )
+        db.execute(
+            "INSERT INTO audit (id, at, actor, role, action, target, outcome)"
+            " VALUES (?, ?, ?, 'admin', 'version.register', ?, 'ok')",
+            (
+                version_id,
+                f"2026-01-01T00:00:0{version_id}Z",
+                f"user{version_id}",
+                f"m@{version_id}",
+            ),
+        )
     finally:
         db.close()
 
@@ -202,17 +212,29 @@ async def _search_rows(store: SqliteStore) -> dict[str, list[tuple[object, ...]]
         "metrics": "SELECT version_id, value FROM version_metrics ORDER BY 1",
         "words": "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1",
         "facets": "SELECT version_id, field, value FROM version_facets ORDER BY 1, 2",
+        "audit": "SELECT audit_id, field, value FROM audit_facets ORDER BY 1, 2",
     }
     return {k: [tuple(r) for r in await store._all(sql)] for k, sql in queries.items()}
 
 
-def _expected_rows(ids: list[int]) -> dict[str, list[tuple[object, ...]]]:
+def _expected_rows(
+    ids: list[int], audit_ids: list[int] | None = None
+) -> dict[str, list[tuple[object, ...]]]:
     facets = {"branch": "main", "format": "onnx", "owner": "admin"}
+    audit = [
+        [
+            (i, "action", "version.register"),
+            (i, "actor", f"user{i}"),
+            (i, "at", f"2026-01-01T00:00:0{i}Z"),
+        ]
+        for i in (ids if audit_ids is None else audit_ids)
+    ]
     return {
         "tags": [(i, "team", f"t{i}") for i in ids],
         "metrics": [(i, i / 10) for i in ids],
         "words": [(i,) for i in ids],
         "facets": [(i, f, v) for i in ids for f, v in sorted(facets.items())],
+        "audit": [row for rows in audit for row in rows],
     }
 
 
@@ -228,9 +250,9 @@ async def test_the_search_index_is_built_from_the_versions_in_its_own_file(
     store = SqliteStore(path)
     await store.open()
     try:
-        assert await store.search.index(2) == (2, 2)
-        assert await store.search.index(500) == (1, 3)
-        assert await store.search.index(500) == (0, 3)  # nothing left
+        assert await store.search.index(2) == (2, 2, 2, 2)
+        assert await store.search.index(500) == (1, 3, 1, 3)
+        assert await store.search.index(500) == (0, 3, 0, 3)  # nothing left
         assert await _search_rows(store) == _expected_rows([1, 2, 3])
     finally:
         await store.close()
@@ -245,10 +267,10 @@ async def test_the_search_index_is_built_from_the_versions_in_its_own_file(
 async def test_indexing_does_not_take_the_registry_write_lock(store: SqliteStore) -> None:
     _add_version_rows(store.path, 1)
     async with store.transaction():  # a registration holding the registry's lock
-        assert await asyncio.wait_for(store.search.index(500), 5) == (1, 1)
+        assert await asyncio.wait_for(store.search.index(500), 5) == (1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage", "ahead"])
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "ahead", "audit_ahead"])
 async def test_a_lost_damaged_or_diverged_search_index_is_rebuilt(
     tmp_path: Path, damage: str
 ) -> None:
@@ -267,16 +289,18 @@ async def test_a_lost_damaged_or_diverged_search_index_is_rebuilt(
         index.unlink()
     elif damage == "garbage":
         index.write_bytes(b"not a database" * 512)
-    else:  # the registry lost its last version (a restored backup): the index is ahead
+    else:  # the registry lost its last row (a restored backup): the index is ahead
         db = sqlite3.connect(path, isolation_level=None)
-        db.execute("DELETE FROM versions WHERE id = 2")
+        db.execute(f"DELETE FROM {'versions' if damage == 'ahead' else 'audit'} WHERE id = 2")
         db.close()
     store = SqliteStore(path)
     await store.open()
     try:
         indexed = [1] if damage == "ahead" else [1, 2]
-        assert await store.search.index(500) == (len(indexed), indexed[-1])
-        assert await _search_rows(store) == _expected_rows(indexed)
+        audited = [1] if damage == "audit_ahead" else [1, 2]
+        done = await store.search.index(500)
+        assert done == (len(indexed), indexed[-1], len(audited), audited[-1])
+        assert await _search_rows(store) == _expected_rows(indexed, audited)
     finally:
         await store.close()
 
@@ -307,7 +331,7 @@ async def test_a_search_index_locked_by_another_process_is_not_rebuilt(
     store = SqliteStore(path)
     await store.open()
     try:
-        assert await store.search.index(500) == (0, 1)  # the index it built is still there
+        assert await store.search.index(500) == (0, 1, 0, 1)  # the index it built is still there
     finally:
         await store.close()
 
