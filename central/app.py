@@ -158,6 +158,7 @@ async def _wire(app: web.Application, store: SqliteStore, blob_store: LocalBlobS
     app[COMPLIANCE] = compliance
     app[APPROVALS] = ApprovalService(store, app[REGISTRY], aliases, compliance)
     search_index = SearchIndexer(store)
+    blobs.catch_up_index = search_index.catch_up
     feed.subscribe(search_index.on_change)
     app[SEARCH_INDEX] = search_index
     app[SEARCH] = SearchService(store, search_index)

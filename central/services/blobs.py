@@ -95,6 +95,9 @@ class BlobService:
         self.max_upload = max_upload
         # Set by the app: raises unless a device's fleet state names the blob.
         self.device_access: Callable[[Actor, str], Awaitable[None]] | None = None
+        # Set by the app: brings the search index, where blobs name their versions, up
+        # to date with every commit so far.
+        self.catch_up_index: Callable[[], Awaitable[object]] | None = None
 
     async def _may_read(self, actor: Actor, digest: str) -> None:
         if actor.role == "device" and self.device_access is not None:
@@ -104,6 +107,8 @@ class BlobService:
         if actor.models is not None:
             # a scoped token reads the blobs of its models, and those no version holds yet
             # (an upload it may be resuming)
+            if self.catch_up_index is not None:
+                await self.catch_up_index()
             models = await self._store.models_of_blob(digest)
             if models and not any(fnmatchcase(m, p) for m in models for p in actor.models):
                 raise ForbiddenError(

@@ -266,10 +266,14 @@ class _Reads(
         return None if row is None else Blob(**dict(row))
 
     async def models_of_blob(self, digest: str) -> list[str]:
-        """Names of the models that have a version holding the blob ``digest``."""
+        """Names of the models that have a version holding the blob ``digest``.
+
+        Reads the search index (attached as ``search``): the caller brings it up to date.
+        """
         rows = await self._all(
-            "SELECT DISTINCT m.name FROM version_files f JOIN versions v ON v.id = f.version_id "
-            "JOIN models m ON m.id = v.model_id WHERE f.digest = ?",
+            "SELECT DISTINCT m.name FROM search.blob_versions b"
+            " JOIN versions v ON v.id = b.version_id JOIN models m ON m.id = v.model_id"
+            " WHERE b.digest = ?",
             (digest,),
         )
         return [str(r[0]) for r in rows]
@@ -402,12 +406,8 @@ class Transaction(
             )
         except ConflictError as e:
             raise ConflictError(f"version {v.model}@{v.version} already exists") from e
-        await self._many(
-            "INSERT INTO version_files (version_id, path, digest) VALUES (?, ?, ?)",
-            [(version_id, f["path"], f["digest"]) for f in v.files],
-        )
-        # Its facets, tags, metrics and description reach the search index later, in
-        # batches, in a file of its own (sqlite_search). The model's row is not touched:
+        # Its facets, tags, metrics, description and blobs reach the search index later,
+        # in batches, in a file of its own (sqlite_search). The model's row is not touched:
         # its updated_at is read from its newest version (see _model).
         return version_id
 

@@ -174,8 +174,8 @@ class FleetReads(SqlBase):
             return set()
         marks = ",".join("?" * len(wanted))
         rows = await self._all(
-            "SELECT DISTINCT f.digest FROM versions v JOIN version_files f ON f.version_id = v.id"
-            f" WHERE v.manifest_digest IN ({marks})",
+            "SELECT DISTINCT json_extract(f.value, '$.digest') FROM versions v,"
+            f" json_each(v.files) f WHERE v.manifest_digest IN ({marks})",
             wanted,
         )
         return {r[0] for r in rows}

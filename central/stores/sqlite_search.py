@@ -1,7 +1,8 @@
 """The search index: tables derived from the registry, in a database file of their own.
 
-The branch, owner and format of every version, its tags, its metrics and the words of
-its description, and the actor, action and time of every audit row, are copied into
+The branch, owner and format of every version, its tags, its metrics, the words of its
+description and the blobs it holds, and the actor, action and time of every audit row,
+are copied into
 ``<registry>.search.db`` in batches, by a connection of their own on a thread of their
 own. Writing them takes that file's write lock, not the
 registry's: indexing a burst of a thousand versions never holds up a registration or
@@ -24,12 +25,13 @@ from typing import NamedTuple, TypeVar
 
 logger = logging.getLogger(__name__)
 
-SEARCH_SCHEMA = 2  # the file's layout (PRAGMA user_version); another one is rebuilt
+SEARCH_SCHEMA = 3  # the file's layout (PRAGMA user_version); another one is rebuilt
 T = TypeVar("T")
 
 _TABLES = (
     "search_index_state",
     "audit_facets",
+    "blob_versions",
     "version_facets",
     "version_tags",
     "version_metrics",
@@ -45,6 +47,11 @@ CREATE TABLE IF NOT EXISTS search_index_state (
     audit_through   INTEGER NOT NULL   -- every audit row id up to this one is indexed
 );
 INSERT OR IGNORE INTO search_index_state (id, indexed_through, audit_through) VALUES (1, 0, 0);
+CREATE TABLE IF NOT EXISTS blob_versions (
+    digest     TEXT NOT NULL,  -- a blob a version holds (its files' digests)
+    version_id INTEGER NOT NULL,
+    PRIMARY KEY (digest, version_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_facets (
     field    TEXT NOT NULL,  -- actor, action or at
     value    TEXT NOT NULL,
@@ -85,6 +92,9 @@ _INDEX_STATEMENTS = (
     "INSERT OR IGNORE INTO version_metrics (version_id, key, value) "
     "SELECT v.id, m.key, CAST(m.value AS REAL) "
     "FROM versions v, json_each(v.metadata, '$.training.metrics') m "
+    "WHERE v.id > ?1 AND v.id <= ?2",
+    "INSERT OR IGNORE INTO blob_versions (digest, version_id) "
+    "SELECT json_extract(f.value, '$.digest'), v.id FROM versions v, json_each(v.files) f "
     "WHERE v.id > ?1 AND v.id <= ?2",
     "INSERT INTO version_text (rowid, description) SELECT id, description "
     "FROM versions WHERE id > ?1 AND id <= ?2 AND description != ''",

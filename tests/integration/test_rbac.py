@@ -308,6 +308,24 @@ def test_scoped_token_reads_only_blobs_of_its_models(world: World, scoped: str) 
     assert api(world.central, "GET", f"/api/v1/blobs/{digest}/info", token=scoped).status == 200
 
 
+def test_a_blob_another_model_took_a_moment_ago_is_refused_at_once(
+    world: World, scoped: str
+) -> None:
+    digest = put_blob(world.central, b"fresh weights of another model")
+    info = f"/api/v1/blobs/{digest}/info"
+    assert api(world.central, "GET", info, token=scoped).status == 200  # no version holds it
+    api_ok(
+        world.central,
+        "POST",
+        f"/api/v1/models/{OTHER}/versions",
+        201,
+        json={"files": [{"path": "w.bin", "digest": digest}]},
+    )
+    resp = api(world.central, "GET", info, token=scoped)
+    assert resp.status == 403
+    assert "not scoped to any model holding blob" in resp.error()["message"]
+
+
 def test_scoped_admin_cannot_mint_an_unscoped_token(world: World) -> None:
     admin = api_ok(
         world.central,

@@ -182,7 +182,7 @@ def _add_version_rows(path: Path, version_id: int) -> None:
             "INSERT INTO versions (id, model_id, version, sort_key, branch, format, stage,"
             " description, owner, tags, metadata, files, manifest, manifest_digest,"
             " metadata_digest, created_at) VALUES (?, 1, ?, ?, 'main', 'onnx', 'development',"
-            " ?, 'admin', ?, ?, '[]', '{}', 'sha256:x', 'sha256:y', 't')",
+            " ?, 'admin', ?, ?, ?, '{}', 'sha256:x', 'sha256:y', 't')",
             (
                 version_id,
                 f"1.0.{version_id}",
@@ -190,6 +190,7 @@ def _add_version_rows(path: Path, version_id: int) -> None:
                 f"version number {version_id}",
                 json.dumps({"team": f"t{version_id}"}),
                 json.dumps({"training": {"metrics": {"auc": version_id / 10}}}),
+                json.dumps([{"path": "m.onnx", "digest": f"sha256:{version_id:064x}"}]),
             ),
         )
         db.execute(
@@ -213,6 +214,7 @@ async def _search_rows(store: SqliteStore) -> dict[str, list[tuple[object, ...]]
         "words": "SELECT rowid FROM version_text WHERE version_text MATCH 'number' ORDER BY 1",
         "facets": "SELECT version_id, field, value FROM version_facets ORDER BY 1, 2",
         "audit": "SELECT audit_id, field, value FROM audit_facets ORDER BY 1, 2",
+        "blobs": "SELECT version_id, digest FROM blob_versions ORDER BY 1",
     }
     return {k: [tuple(r) for r in await store._all(sql)] for k, sql in queries.items()}
 
@@ -235,6 +237,7 @@ def _expected_rows(
         "words": [(i,) for i in ids],
         "facets": [(i, f, v) for i in ids for f, v in sorted(facets.items())],
         "audit": [row for rows in audit for row in rows],
+        "blobs": [(i, f"sha256:{i:064x}") for i in ids],
     }
 
 
