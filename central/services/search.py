@@ -270,7 +270,7 @@ class SearchService:
         ]
         if not tags:
             return frozenset()
-        versions = await self._store.last_version_id()
+        versions = self._index.versions_indexed  # the search has just caught up
         enough = math.isqrt(4 * (limit + 1) * versions) + 1
         common = set()
         for key, value in tags:

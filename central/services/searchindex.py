@@ -38,6 +38,11 @@ class SearchIndexer:
         self._pending.set()  # versions left unindexed by a stop are indexed at start
         self._indexed_through = (-1, -1)  # the last version and audit row ids indexed
 
+    @property
+    def versions_indexed(self) -> int:
+        """The last version id indexed: after :meth:`catch_up`, every version so far."""
+        return max(self._indexed_through[0], 0)
+
     def on_change(self, change: Change) -> None:
         # Most changes come with an audit row; a registration with a version too.
         self._pending.set()

@@ -142,11 +142,6 @@ class _Reads(
         )
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
-    async def last_version_id(self) -> int:
-        """The id of the last version registered (0 when there is none)."""
-        row = await self._one("SELECT max(id) FROM versions")
-        return 0 if row is None or row[0] is None else int(row[0])
-
     async def get_version(self, model: str, version: str) -> Version | None:
         rows = await self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
