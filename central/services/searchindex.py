@@ -1,5 +1,5 @@
-"""The search index of versions (facets, tags, metrics, description words) and of the
-audit log (actor, action, time), in batches.
+"""The search index of versions (facets, tags, metrics, description words, blobs) and
+of the audit log (actor, action, time), in batches.
 
 Registering a version writes only the version: each entry of a search table lands on
 its own B-tree page, and writing those pages one registration at a time cost more

@@ -260,19 +260,6 @@ class _Reads(
         row = await self._one("SELECT * FROM blobs WHERE digest = ?", (digest,))
         return None if row is None else Blob(**dict(row))
 
-    async def models_of_blob(self, digest: str) -> list[str]:
-        """Names of the models that have a version holding the blob ``digest``.
-
-        Reads the search index (attached as ``search``): the caller brings it up to date.
-        """
-        rows = await self._all(
-            "SELECT DISTINCT m.name FROM search.blob_versions b"
-            " JOIN versions v ON v.id = b.version_id JOIN models m ON m.id = v.model_id"
-            " WHERE b.digest = ?",
-            (digest,),
-        )
-        return [str(r[0]) for r in rows]
-
     async def get_blobs(self, digests: Iterable[str]) -> dict[str, Blob]:
         wanted = list(dict.fromkeys(digests))
         if not wanted:
@@ -571,6 +558,19 @@ class SqliteStore(_Reads):
         await self.search.open()
         super().__init__(ThreadedStatements(await self._connect(attach_search=True)))
         self._last_checkpoint = time.monotonic()
+
+    async def models_of_blob(self, digest: str) -> list[str]:
+        """Names of the models that have a version holding the blob ``digest``.
+
+        Reads the search index (attached as ``search``): the caller brings it up to date.
+        """
+        rows = await self._all(
+            "SELECT DISTINCT m.name FROM search.blob_versions b"
+            " JOIN versions v ON v.id = b.version_id JOIN models m ON m.id = v.model_id"
+            " WHERE b.digest = ?",
+            (digest,),
+        )
+        return [str(r[0]) for r in rows]
 
     async def count_tagged(self, key: str, value: str, *, at_most: int) -> int:
         """How many versions carry the tag ``key=value`` (search index), up to ``at_most``."""
