@@ -101,8 +101,9 @@ class ModelSource:
 
 
 INLINE_SECONDS = 0.0005  # a version whose runs take less than this runs on the event loop
-INLINE_SAMPLES = 16  # runs timed in the inference threads before a version may run inline
-INLINE_WORST = 4 * INLINE_SECONDS  # one run ever slower than this: never inline again
+INLINE_SAMPLES = 16  # consecutive runs under INLINE_WORST before a version may run inline
+INLINE_WORST = 4 * INLINE_SECONDS  # a run slower than this is a slow run
+MAX_SLOW_INLINE = 3  # slow runs on the loop one version may cost before threads for good
 
 
 class RunCost:
@@ -110,33 +111,44 @@ class RunCost:
 
     Handing a run to a worker thread and its result back costs about 0.1 ms and two
     wake-ups; a small model runs in a few microseconds. A version runs inline on the
-    event loop only once :data:`INLINE_SAMPLES` runs in the threads averaged under
-    :data:`INLINE_SECONDS` of CPU time, none took over :data:`INLINE_WORST`, and the
-    request is no larger than those measured. Any slow run sends the version back to the threads for
-    good, so a model whose run time depends on its input values costs the loop at most
-    one such run; everything else keeps health and status answering as before.
+    event loop once its last :data:`INLINE_SAMPLES` runs each took under
+    :data:`INLINE_WORST` of CPU time, its runs average under :data:`INLINE_SECONDS`, and
+    the request is no larger than those measured.
+
+    A slow run restarts the count, so the version runs in the threads until it has shown
+    :data:`INLINE_SAMPLES` fast runs again: one run slowed by something else (page faults
+    while another model loads, a first run in a new thread) does not keep a tiny model off
+    the loop for good. A version whose run time depends on its input values costs the
+    loop at most :data:`MAX_SLOW_INLINE` slow runs, after which it stays in the threads.
     """
 
-    __slots__ = ("average", "largest", "samples", "worst")
+    __slots__ = ("average", "largest", "samples", "slow_inline", "streak")
 
     def __init__(self) -> None:
         self.samples = 0
         self.average = 0.0  # exponentially weighted, seconds
-        self.worst = 0.0
+        self.streak = 0  # consecutive runs under INLINE_WORST
+        self.slow_inline = 0  # slow runs made on the event loop
         self.largest = 0  # input elements of the largest measured request
 
     def inline(self, elements: int) -> bool:
         return (
-            self.samples >= INLINE_SAMPLES
+            self.streak >= INLINE_SAMPLES
             and self.average < INLINE_SECONDS
-            and self.worst < INLINE_WORST
+            and self.slow_inline < MAX_SLOW_INLINE
             and elements <= self.largest
         )
 
-    def record(self, seconds: float, elements: int) -> None:
+    def record(self, seconds: float, elements: int, *, inline: bool = False) -> None:
+        """Count one run of ``seconds`` CPU time; ``inline``: it ran on the event loop."""
         self.samples += 1
         self.average = seconds if self.samples == 1 else 0.9 * self.average + 0.1 * seconds
-        self.worst = max(self.worst, seconds)
+        if seconds < INLINE_WORST:
+            self.streak += 1
+        else:
+            self.streak = 0
+            if inline:
+                self.slow_inline += 1
         self.largest = max(self.largest, elements)
 
 
@@ -428,7 +440,8 @@ class SlotManager:
         elements = sum(int(getattr(v, "size", 1)) for v in inputs.values())
         started = time.perf_counter()
         try:
-            if self._inline_ok and cost.inline(elements):
+            inline = self._inline_ok and cost.inline(elements)
+            if inline:
                 cpu = time.thread_time()
                 values = loaded.session.run(names, inputs, self._run_options)
                 seconds = time.thread_time() - cpu
@@ -436,7 +449,7 @@ class SlotManager:
                 values, seconds = await asyncio.get_running_loop().run_in_executor(
                     self._executor, _timed_run, loaded.session, names, inputs, self._run_options
                 )
-            cost.record(seconds, elements)
+            cost.record(seconds, elements, inline=inline)
         except Exception as e:
             if self.observer is not None:
                 self.observer(loaded, time.perf_counter() - started, False, None, inputs)

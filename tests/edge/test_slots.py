@@ -18,6 +18,7 @@ from edge_agent.slots import (
     INLINE_SAMPLES,
     INLINE_SECONDS,
     INLINE_WORST,
+    MAX_SLOW_INLINE,
     HealthCheckError,
     InferenceError,
     LoadedVersion,
@@ -468,13 +469,33 @@ def test_run_cost_rules() -> None:
     for _ in range(INLINE_SAMPLES):
         slow.record(INLINE_SECONDS * 2, 6)
     assert not slow.inline(6)  # too slow on average
-    once = RunCost()
-    for _ in range(INLINE_SAMPLES * 10):
-        once.record(INLINE_SECONDS / 10, 6)
-    once.record(INLINE_WORST * 2, 6)
-    for _ in range(INLINE_SAMPLES * 10):
-        once.record(INLINE_SECONDS / 10, 6)
-    assert not once.inline(6)  # one slow run is enough, for good
+
+
+def test_a_slow_run_in_the_threads_restarts_the_count() -> None:
+    cost = RunCost()
+    for _ in range(INLINE_SAMPLES // 2):
+        cost.record(INLINE_SECONDS / 10, 6)
+    cost.record(INLINE_WORST * 2, 6)  # say, a first run slowed by page faults
+    for _ in range(INLINE_SAMPLES - 1):
+        cost.record(INLINE_SECONDS / 10, 6)
+    assert not cost.inline(6)  # fifteen fast runs since the slow one
+    for _ in range(INLINE_SAMPLES):  # the slow run's weight in the average decays
+        cost.record(INLINE_SECONDS / 10, 6)
+    assert cost.inline(6)
+
+
+def test_slow_runs_on_the_loop_are_bounded() -> None:
+    cost = RunCost()
+    for _ in range(INLINE_SAMPLES * 4):
+        cost.record(INLINE_SECONDS / 10, 6)
+    for slow_runs in range(1, MAX_SLOW_INLINE + 1):
+        assert cost.inline(6)
+        cost.record(INLINE_WORST * 2, 6, inline=True)
+        assert not cost.inline(6)  # back to the threads
+        for _ in range(INLINE_SAMPLES * 4):
+            cost.record(INLINE_SECONDS / 10, 6)
+        assert cost.inline(6) == (slow_runs < MAX_SLOW_INLINE)
+    assert cost.slow_inline == MAX_SLOW_INLINE  # the loop paid for three slow runs, no more
 
 
 async def test_a_tiny_model_runs_inline_once_measured(slots: SlotManager, tmp_path: Path) -> None:
@@ -501,6 +522,15 @@ async def test_a_slow_run_sends_the_version_back_to_the_threads(
     await slots.infer(loaded, slow)  # inline, once: its cost depends on a value
     assert not await _ran_inline(slots, loaded, fast)
     assert not await _ran_inline(slots, loaded, slow)
+    for _ in range(INLINE_SAMPLES * 4):  # fast runs in the threads earn the loop back...
+        await slots.infer(loaded, fast)
+    assert await _ran_inline(slots, loaded, fast)
+    for _ in range(MAX_SLOW_INLINE - 1):  # ...until it has cost the loop too many slow runs
+        await slots.infer(loaded, slow)
+        for _ in range(INLINE_SAMPLES * 4):
+            await slots.infer(loaded, fast)
+    assert loaded.cost.slow_inline == MAX_SLOW_INLINE
+    assert not await _ran_inline(slots, loaded, fast)
 
 
 async def test_several_intra_op_threads_never_run_inline(tmp_path: Path) -> None:
