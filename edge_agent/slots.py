@@ -113,13 +113,15 @@ class RunCost:
     wake-ups; a small model runs in a few microseconds. A version runs inline on the
     event loop once its last :data:`INLINE_SAMPLES` runs each took under
     :data:`INLINE_WORST` of CPU time, its runs average under :data:`INLINE_SECONDS`, and
-    the request is no larger than those measured.
+    the request is no larger than one that ran fast.
 
     A slow run restarts the count, so the version runs in the threads until it has shown
-    :data:`INLINE_SAMPLES` fast runs again: one run slowed by something else (page faults
-    while another model loads, a first run in a new thread) does not keep a tiny model off
-    the loop for good. A version whose run time depends on its input values costs the
-    loop at most :data:`MAX_SLOW_INLINE` slow runs, after which it stays in the threads.
+    :data:`INLINE_SAMPLES` fast runs again: one run slowed by something other than its
+    input (other work in the process, say) does not keep a tiny model off the loop for
+    good. A request larger than any that ran fast goes to the threads, so a model whose
+    run time grows with its input never runs a large one inline; one whose run time
+    depends on its input values costs the loop at most :data:`MAX_SLOW_INLINE` slow runs,
+    after which it stays in the threads.
     """
 
     __slots__ = ("average", "largest", "samples", "slow_inline", "streak")
@@ -129,7 +131,7 @@ class RunCost:
         self.average = 0.0  # exponentially weighted, seconds
         self.streak = 0  # consecutive runs under INLINE_WORST
         self.slow_inline = 0  # slow runs made on the event loop
-        self.largest = 0  # input elements of the largest measured request
+        self.largest = 0  # input elements of the largest request that ran fast
 
     def inline(self, elements: int) -> bool:
         return (
@@ -145,11 +147,11 @@ class RunCost:
         self.average = seconds if self.samples == 1 else 0.9 * self.average + 0.1 * seconds
         if seconds < INLINE_WORST:
             self.streak += 1
+            self.largest = max(self.largest, elements)  # a size known to run fast
         else:
             self.streak = 0
             if inline:
                 self.slow_inline += 1
-        self.largest = max(self.largest, elements)
 
 
 @dataclass(frozen=True)

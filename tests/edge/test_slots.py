@@ -471,6 +471,18 @@ def test_run_cost_rules() -> None:
     assert not slow.inline(6)  # too slow on average
 
 
+def test_a_size_that_ran_slow_stays_in_the_threads() -> None:
+    cost = RunCost()
+    for _ in range(INLINE_SAMPLES * 4):
+        cost.record(INLINE_SECONDS / 10, 6)
+    cost.record(INLINE_WORST * 2, 600)  # a large batch, in the threads
+    for _ in range(INLINE_SAMPLES * 4):
+        cost.record(INLINE_SECONDS / 10, 6)
+    assert cost.inline(6)
+    assert not cost.inline(600)  # that size never ran fast
+    assert cost.slow_inline == 0  # and the loop never paid for it
+
+
 def test_a_slow_run_in_the_threads_restarts_the_count() -> None:
     cost = RunCost()
     for _ in range(INLINE_SAMPLES // 2):
