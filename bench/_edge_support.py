@@ -421,6 +421,45 @@ def merge(results: Sequence[LoadResult]) -> LoadResult:
     return out
 
 
+class CpuSteal:
+    """The share of the CPUs' time a hypervisor gave to other guests, from now on.
+
+    Read from ``/proc/stat`` (Linux). On a shared host it tells a run that had the CPUs
+    to itself from one that did not: every timing figure moves with it.
+    """
+
+    def __init__(self) -> None:
+        self._start = _steal_and_total()
+
+    def percent(self) -> float | None:
+        """Steal over all CPU time since construction; ``None`` where it cannot be read."""
+        end = _steal_and_total()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        return 100 * (end[0] - self._start[0]) / (end[1] - self._start[1])
+
+
+def _steal_and_total() -> tuple[int, int] | None:
+    """(steal, total) ticks of all CPUs since boot, or ``None`` without ``/proc/stat``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal [guest guest_nice]
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_text(percent: float | None) -> str:
+    """How a report states the steal it measured."""
+    if percent is None:
+        return "CPU steal: not measured (no /proc/stat)"
+    return f"CPU steal during the run: {percent:.1f}% (time the hypervisor gave other guests)"
+
+
 def percentile(samples: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile of a non-empty sample."""
     ordered = sorted(samples)

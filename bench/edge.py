@@ -47,6 +47,7 @@ from _edge_support import (
     REQUEST_TIMEOUT,
     Admin,
     BenchError,
+    CpuSteal,
     LoadResult,
     Process,
     agent_process,
@@ -62,6 +63,7 @@ from _edge_support import (
     percentile,
     scale_model,
     started,
+    steal_text,
     wait_serving,
     weights_model,
 )
@@ -116,6 +118,7 @@ class Report:
         self.figures: dict[str, Figure] = {}
         self.counts: dict[str, int] = {}
         self.comparisons: list[Comparison] = []
+        self.cpu_steal_percent: float | None = None  # over the whole run
 
     def add(self, name: str, value: float, unit: str) -> float:
         self.figures[name] = Figure(name, value, unit)
@@ -553,9 +556,10 @@ async def setup_and_measure(
 # output
 
 
-def environment() -> dict[str, Any]:
+def environment(report: Report) -> dict[str, Any]:
     import onnxruntime
 
+    steal = report.cpu_steal_percent
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -563,6 +567,7 @@ def environment() -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         "onnxruntime": onnxruntime.__version__,
         "event_loop": event_loop_name(),
+        "cpu_steal_percent": None if steal is None else round(steal, 2),
     }
 
 
@@ -576,7 +581,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def render_text(args: argparse.Namespace, report: Report, total: float) -> str:
-    env = environment()
+    env = environment(report)
     lines = [
         f"Skiff edge benchmark: {args.model_mb} MB install model, {args.mid_mb} MB swap model, "
         f"{args.swaps} swaps under load, {args.rss_swaps} swaps for RSS, {args.duration:g} s "
@@ -584,6 +589,7 @@ def render_text(args: argparse.Namespace, report: Report, total: float) -> str:
         f"Python {env['python']}, onnxruntime {env['onnxruntime']}, aiohttp {env['aiohttp']}, "
         f"{env['event_loop']} event loop, {env['cpus']} CPUs, {env['platform']}",
         "Central, agent, bare server and client on 127.0.0.1 (client in the bench process).",
+        steal_text(env["cpu_steal_percent"]) + ".",
         "",
     ]
     rows: list[tuple[str, ...]] = [("", "skiff agent", "baseline", "ratio", "bar", "met")]
@@ -617,7 +623,7 @@ def render_json(args: argparse.Namespace, report: Report, total: float) -> str:
             "seed": args.seed,
             "quick": args.quick,
         },
-        "environment": environment(),
+        "environment": environment(report),
         "figures": figures,
         "units": units,
         "counts": report.counts,
@@ -671,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         render_json if args.json else render_text
     )
     report = Report()
+    steal = CpuSteal()
     started_at = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="skiff-bench-edge-") as tmp:
@@ -678,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 1
+    report.cpu_steal_percent = steal.percent()
     print(render(args, report, time.perf_counter() - started_at))
     return 0
 

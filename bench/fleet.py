@@ -49,12 +49,14 @@ from _edge_support import (
     HOST,
     Admin,
     BenchError,
+    CpuSteal,
     Process,
     central_init,
     free_port,
     ort_model_path,
     percentile,
     skiff_cmd,
+    steal_text,
 )
 
 MODEL = "fleet-mul"
@@ -541,7 +543,7 @@ def bar_met(name: str, value: float, report: Report) -> bool:
     return value < limit
 
 
-def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
+def environment(load_before: tuple[float, ...], steal: float | None) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -549,6 +551,7 @@ def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_steal_percent": None if steal is None else round(steal, 2),
     }
 
 
@@ -589,6 +592,7 @@ def render_text(args: argparse.Namespace, report: Report, env: dict[str, Any]) -
         f"Python {env['python']}, aiohttp {env['aiohttp']}, {env['cpus']} CPUs, {env['platform']}",
         f"Load average (1/5/15 min) {env['load_before']} before, {env['load_after']} after; "
         "central and every device on 127.0.0.1 (devices: asyncio tasks of the bench process).",
+        steal_text(env["cpu_steal_percent"]) + ".",
         "",
         "Alias move to fleet state received, per device (request start to answer arrived):",
     ]
@@ -691,6 +695,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = os.getloadavg()
+    steal = CpuSteal()
     report = Report()
     started_at = time.perf_counter()
     try:
@@ -703,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report.add("total_duration_s", time.perf_counter() - started_at, "s")
     render = render_json if args.json else render_text
-    print(render(args, report, environment(load_before)))
+    print(render(args, report, environment(load_before, steal.percent())))
     return 0
 
 

@@ -44,11 +44,13 @@ import aiohttp
 import numpy as np
 from _edge_support import (
     BenchError,
+    CpuSteal,
     event_loop_name,
     free_port,
     percentile,
     skiff_cmd,
     skiff_env,
+    steal_text,
 )
 from aiohttp import web
 
@@ -735,8 +737,9 @@ def render_table(figures: list[Figure], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
-    """The machine, and its load average (1, 5, 15 min) before and after the run."""
+def environment(load_before: tuple[float, ...], steal: float | None) -> dict[str, Any]:
+    """The machine, its load average (1, 5, 15 min) before and after the run, and the
+    share of CPU time the hypervisor took during it."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -745,6 +748,7 @@ def environment(load_before: tuple[float, ...]) -> dict[str, Any]:
         "event_loop": event_loop_name(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_steal_percent": None if steal is None else round(steal, 2),
     }
 
 
@@ -774,6 +778,7 @@ def report(args: argparse.Namespace, figures: list[Figure], env: dict[str, Any])
         f"Load average (1/5/15 min) {env['load_before']} before, {env['load_after']} after; "
         "client and central on 127.0.0.1, sequential requests on one keep-alive connection "
         "(a small HTTP/1.1 client for metadata, aiohttp for blob streams).",
+        steal_text(env["cpu_steal_percent"]) + ".",
     ]
     return render_table(figures, header)
 
@@ -799,6 +804,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = os.getloadavg()
+    steal = CpuSteal()
     started = time.perf_counter()
     try:
         with running_central(args.keep) as central:
@@ -814,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {kind}{e}", file=sys.stderr)
         return 1
     figures.append(Figure("total_duration_s", time.perf_counter() - started, "s"))
-    print(report(args, figures, environment(load_before)))
+    print(report(args, figures, environment(load_before, steal.percent())))
     return 0
 
 
