@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 from central.domain import Actor
 from central.services.fleetstate import FleetStates
 from central.services.permissions import MANAGE_FLEETS, MANAGE_TOKENS, READ, require_unscoped
-from central.services.sync import state_manifest_digests
+from central.services.sync import named_version, state_versions
 from central.services.tokens import insert_token
 from central.stores.blobs import LocalBlobStore
 from central.stores.sqlite import SqliteStore
@@ -168,9 +168,8 @@ class FleetService:
         metadata: dict[str, Any] = {}
         blobs: dict[str, BinaryIO] = {}
         digests: set[str] = set()
-        for digest in state_manifest_digests(state.envelope["signed"]):
-            version = await self._store.version_by_manifest(digest)
-            assert version is not None
+        for digest, (model, name) in state_versions(state.envelope["signed"]).items():
+            version = await named_version(self._store, digest, model, name)
             manifests[version.manifest_digest] = version.manifest
             metadata[version.manifest_digest] = version.signed_document()
             for f in version.files:

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from central.domain import Actor, Change
+from central.domain import Actor, Change, Version
 from central.services.feed import ChangeFeed
 from central.stores.sqlite import SqliteStore
 from central.stores.sqlite_fleets import DeviceRow
@@ -25,11 +25,21 @@ MAX_WAIT = 60.0
 MANIFEST_CACHE = 4096
 
 
-def state_manifest_digests(signed: dict[str, Any]) -> list[str]:
-    """Every manifest a fleet state names: each model's target and each rollout candidate."""
-    digests = [t["manifest_digest"] for t in signed["models"].values()]
-    digests += [r["candidate"]["manifest_digest"] for r in signed.get("rollouts", {}).values()]
-    return list(dict.fromkeys(digests))
+def state_versions(signed: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Every manifest a fleet state names (each model's target and each rollout
+    candidate), by digest: the model and version it is the manifest of."""
+    named = {t["manifest_digest"]: (m, t["version"]) for m, t in signed["models"].items()}
+    for model, r in signed.get("rollouts", {}).items():
+        named.setdefault(r["candidate"]["manifest_digest"], (model, r["candidate"]["version"]))
+    return named
+
+
+async def named_version(store: SqliteStore, digest: str, model: str, version: str) -> Version:
+    """The version a fleet state names, found by model and version, checked by digest."""
+    found = await store.get_version(model, version)
+    if found is None or found.manifest_digest != digest:
+        raise NotFoundError(f"no version {model}@{version} has manifest {digest}")
+    return found
 
 
 class SyncService:
@@ -155,26 +165,26 @@ class SyncService:
         if state is None:
             return built
         built["fleet_state"] = state.envelope
-        for digest in state_manifest_digests(state.envelope["signed"]):
-            manifest, metadata = await self._documents_of(digest)
+        for digest, (model, version) in state_versions(state.envelope["signed"]).items():
+            manifest, metadata = await self._documents_of(digest, model, version)
             built["manifests"][digest] = manifest
             built["metadata"][digest] = metadata
         return built
 
-    async def _documents_of(self, manifest_digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _documents_of(
+        self, manifest_digest: str, model: str, version: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """A version's manifest and metadata document (immutable, so cached)."""
         found = self._documents.get(manifest_digest)
         if found is not None:
             self._documents.move_to_end(manifest_digest)
             return found
-        version = await self._store.version_by_manifest(manifest_digest)
-        if version is None:
-            raise NotFoundError(f"no version has manifest {manifest_digest}")
-        metadata = version.signed_document()  # sensitive fields masked, as the manifest signs
-        self._documents[manifest_digest] = (version.manifest, metadata)
+        named = await named_version(self._store, manifest_digest, model, version)
+        metadata = named.signed_document()  # sensitive fields masked, as the manifest signs
+        self._documents[manifest_digest] = (named.manifest, metadata)
         if len(self._documents) > MANIFEST_CACHE:
             self._documents.popitem(last=False)
-        return version.manifest, metadata
+        return named.manifest, metadata
 
     async def may_download(self, actor: Actor, digest: str) -> None:
         """Raise unless the device's current fleet state names a version holding ``digest``."""
@@ -183,8 +193,8 @@ class SyncService:
         if allowed is None:
             fleet = await self._store.get_fleet(device.fleet)
             state = None if fleet is None else await self._store.latest_state(fleet.id)
-            digests = [] if state is None else state_manifest_digests(state.envelope["signed"])
-            allowed = await self._store.blobs_of_manifests(digests)
+            named = {} if state is None else state_versions(state.envelope["signed"])
+            allowed = await self._store.blobs_of_versions(list(named.values()))
             self._allowed[device.fleet] = allowed
         if digest not in allowed:
             raise ForbiddenError(f"blob {digest} is not named by fleet {device.fleet}'s state")

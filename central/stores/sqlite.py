@@ -173,15 +173,6 @@ class _Reads(
         by_id = {v.id: v for v in await self._versions(rows)}
         return [by_id[i] for i in ids if i in by_id]
 
-    async def version_by_manifest(self, manifest_digest: str) -> Version | None:
-        rows = await self._all(
-            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
-            "WHERE v.manifest_digest = ? LIMIT 1",
-            (manifest_digest,),
-        )
-        found = await self._versions(rows)
-        return found[0] if found else None
-
     async def list_versions(
         self, model_id: int, branch: str | None, before: str | None, limit: int
     ) -> list[Version]:

@@ -168,15 +168,19 @@ class FleetReads(SqlBase):
         rows = await self._all(_DEVICE + "WHERE d.fleet_id = ? ORDER BY d.id", (fleet_id,))
         return [_device(r) for r in rows]
 
-    async def blobs_of_manifests(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(digests)
+    async def blobs_of_versions(self, versions: Iterable[tuple[str, str]]) -> set[str]:
+        """The blobs the given (model, version) pairs hold."""
+        wanted = list(versions)
         if not wanted:
             return set()
-        marks = ",".join("?" * len(wanted))
-        rows = await self._all(
-            "SELECT DISTINCT json_extract(f.value, '$.digest') FROM versions v,"
-            f" json_each(v.files) f WHERE v.manifest_digest IN ({marks})",
-            wanted,
+        pairs = ",".join("(?, ?)" for _ in wanted)
+        rows = await self._all(  # each pair looked up by name, then by (model, version)
+            f"WITH wanted(model, version) AS (VALUES {pairs}) "
+            "SELECT DISTINCT json_extract(f.value, '$.digest') FROM wanted w"
+            " JOIN models m ON m.name = w.model"
+            " JOIN versions v ON v.model_id = m.id AND v.version = w.version,"
+            " json_each(v.files) f",
+            [x for pair in wanted for x in pair],
         )
         return {r[0] for r in rows}
 

@@ -9,13 +9,15 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from central.domain import Version
+from central.services.sync import named_version, state_versions
 from central.stores import sqlite as sqlite_module
 from central.stores.sqlite import SqliteStore
-from shared.errors import ConflictError
+from shared.errors import ConflictError, NotFoundError
 
 
 async def _add_change(store: SqliteStore, kind: str, *, offload: bool = False) -> None:
@@ -339,10 +341,12 @@ async def test_a_search_index_locked_by_another_process_is_not_rebuilt(
         await store.close()
 
 
-def _version(number: str, created_at: str) -> Version:
+def _version(
+    number: str, created_at: str, *, model: str = "m", files: list[dict[str, Any]] | None = None
+) -> Version:
     return Version(
         id=0,
-        model="m",
+        model=model,
         version=number,
         branch="main",
         parent=None,
@@ -353,9 +357,9 @@ def _version(number: str, created_at: str) -> Version:
         tags={},
         metadata={},
         signature=None,
-        files=[],
+        files=files or [],
         manifest={},
-        manifest_digest=f"sha256:{number}",
+        manifest_digest=f"sha256:{model}-{number}",
         metadata_digest="sha256:m",
         created_at=created_at,
     )
@@ -430,3 +434,47 @@ def test_the_log_tables_drop_autoincrement_and_keep_every_row(tmp_path: Path) ->
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
+
+
+async def test_what_a_fleet_state_names_is_found_by_model_and_version(store: SqliteStore) -> None:
+    def holding(*blobs: str) -> list[dict[str, Any]]:
+        return [{"path": f"{b}.onnx", "digest": f"sha256:{b}"} for b in blobs]
+
+    async with store.transaction() as tx:
+        ids = {
+            name: await tx.insert_model(name, "", "admin", {}, "2026-01-01T00:00:00Z")
+            for name in ("a", "b")
+        }
+        for model, number, blobs in (
+            ("a", "1.0.0", holding("x")),
+            ("a", "2.0.0", holding("y", "z")),
+            ("b", "1.0.0", holding("w")),  # the same version string in another model
+        ):
+            record = _version(number, "2026-01-02T00:00:00Z", model=model, files=blobs)
+            await tx.insert_version(ids[model], record, number.zfill(8))
+    signed = {
+        "models": {
+            "a": {"version": "2.0.0", "manifest_digest": "sha256:a-2.0.0"},
+            "b": {"version": "1.0.0", "manifest_digest": "sha256:b-1.0.0"},
+        },
+        "rollouts": {"a": {"candidate": {"version": "1.0.0", "manifest_digest": "sha256:a-1.0.0"}}},
+    }
+    named = state_versions(signed)
+    assert named == {
+        "sha256:a-2.0.0": ("a", "2.0.0"),
+        "sha256:b-1.0.0": ("b", "1.0.0"),
+        "sha256:a-1.0.0": ("a", "1.0.0"),
+    }
+    assert await store.blobs_of_versions([("a", "2.0.0"), ("b", "1.0.0")]) == {
+        "sha256:y",
+        "sha256:z",
+        "sha256:w",
+    }
+    assert await store.blobs_of_versions([("a", "1.0.0"), ("a", "9.9.9")]) == {"sha256:x"}
+    assert await store.blobs_of_versions([]) == set()
+    found = await named_version(store, "sha256:b-1.0.0", "b", "1.0.0")
+    assert (found.model, found.version) == ("b", "1.0.0")
+    with pytest.raises(NotFoundError, match="has manifest"):  # a digest the version lacks
+        await named_version(store, "sha256:a-1.0.0", "b", "1.0.0")
+    with pytest.raises(NotFoundError):
+        await named_version(store, "sha256:a-3.0.0", "a", "3.0.0")
